@@ -1,0 +1,318 @@
+"""One typed config for a whole experiment (pydantic v2), YAML presets, and dotted overrides.
+
+Every knob has a default and a one-line description; unknown keys and wrong types are errors that name the
+key path (`loss.dc_weight`, `domains[1].kind`). Presets live in `raymh/configs/*.yaml`; a preset may name
+one other preset under `extends:` and override parts of it (one level, deep-merged).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file, preset name or override is invalid; the message names the key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SynthConfig(_Section):
+    """The built-in synthetic domains (`raymh data synth`), rendered and prepared on first use."""
+
+    images: int = Field(48, ge=1, description="train images per domain")
+    val_images: int = Field(12, ge=1, description="val images per domain")
+    size: tuple[int, int] = Field((256, 512), description="rendered image size (H, W)")
+    seed: int = Field(0, description="render seed; same seed, same bytes")
+
+
+class DomainConfig(_Section):
+    name: str = Field(description="domain name: its head, its metrics and its MLflow keys are named after it")
+    kind: str = Field(description="dataset adapter: cityscapes | bdd100k | synscapes | folder")
+    root: str | None = Field(None, description="raw dataset root in its native layout (prepared on first use)")
+    prepared: str | None = Field(None, description="a `raymh data prepare` output dir (wins over root)")
+    labeled_fraction: float | None = Field(
+        None, gt=0, le=1, description="labeled share of train for this domain (default: data.labeled_fraction)"
+    )
+    split_file: str | None = Field(None, description="file listing the labeled ids (UniMatch/CAC style)")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_key(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", v):
+            raise ValueError(f"domain name {v!r} must use only letters, digits, '_' and '-' (it names metrics)")
+        return v
+
+    @model_validator(mode="after")
+    def _has_source(self) -> DomainConfig:
+        if self.root is None and self.prepared is None:
+            raise ValueError(f"domain {self.name!r} needs `root` (raw data) or `prepared` (a prepared dir)")
+        return self
+
+
+class ModelConfig(_Section):
+    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = Field("resnet50", description="trunk")
+    output_stride: Literal[8, 16] = Field(16, description="backbone output stride (dilation for 16 and 8)")
+    head_depth: int = Field(2, ge=1, le=8, description="3x3 conv+BN+ReLU blocks per domain head")
+    proj_dim: int = Field(128, ge=8, description="projection dimension of the contrastive features")
+    pretrained: str | None = Field(None, description="None, a state-dict file, or 'imagenet' (downloads)")
+
+
+class LossConfig(_Section):
+    dc_weight: float = Field(0.1, ge=0, description="lambda: Mix Loss weight of DCLoss (0 = supervised only)")
+    temperature: float = Field(0.1, gt=0, description="DCLoss temperature T")
+    gamma: float = Field(0.75, gt=0, lt=1, description="DCLoss confidence threshold for the target side")
+    dc_start_iter: int = Field(0, ge=0, description="DCLoss is off before this step (CAC: 5 epochs)")
+    dc_rampup_iters: int = Field(0, ge=0, description="linear ramp of lambda after dc_start_iter")
+    chunk_size: int | None = Field(None, ge=1, description="negatives per streamed block (None: automatic)")
+
+
+class OptimConfig(_Section):
+    lr: float = Field(0.01, gt=0, description="base (backbone) learning rate, SGD")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(1e-4, ge=0, description="SGD weight decay")
+    head_lr_mult: float = Field(10.0, gt=0, description="lr multiplier of ASPP, decoder, heads and projection")
+    poly_power: float = Field(0.9, ge=0, description="poly decay power, per iteration")
+
+
+class DataConfig(_Section):
+    labeled_fraction: float = Field(0.125, gt=0, le=1, description="labeled share of each domain's train split")
+    split_seed: int = Field(0, description="seed of the stable labeled-subset rule")
+    crop_size: tuple[int, int] = Field((720, 720), description="train crop (H, W); multiples of 8")
+    labeled_batch_size: int = Field(2, ge=1, description="labeled images per domain per worker per step")
+    unlabeled_batch_size: int = Field(2, ge=1, description="unlabeled crop pairs per domain per worker per step")
+    scale_range: tuple[float, float] = Field((0.5, 2.0), description="labeled random scale range")
+    unlabeled_scale_range: tuple[float, float] = Field((0.8, 2.0), description="crop-pair scale range")
+    val_size: tuple[int, int] | None = Field(None, description="resize val images to (H, W); None: as they are")
+    cache_dir: str = Field("~/.cache/raymh", description="where synthetic and auto-prepared data are cached")
+    synthetic: SynthConfig | None = Field(None, description="render the built-in synthetic domains")
+
+    @field_validator("crop_size")
+    @classmethod
+    def _crop_on_grid(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] % 8 or v[1] % 8 or min(v) <= 0:
+            raise ValueError(f"crop_size {list(v)} must be positive multiples of 8 (e.g. {[v[0] // 8 * 8 or 8, v[1] // 8 * 8 or 8]})")
+        return v
+
+    @field_validator("scale_range", "unlabeled_scale_range")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"range {list(v)} must satisfy 0 < low <= high")
+        return v
+
+
+class TrainConfig(_Section):
+    iters: int = Field(1000, ge=1, description="optimizer steps (counted, the same on every rank)")
+    eval_every: int = Field(500, ge=1, description="evaluate (and checkpoint) every this many steps, and at the end")
+    log_every: int = Field(10, ge=1, description="log losses to MLflow and the console every this many steps")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast + channels_last on GPU, fp32 on CPU"
+    )
+    channels_last: bool | None = Field(None, description="None: on whenever bf16 is on")
+    forward: Literal["joint", "per_domain"] = Field(
+        "joint", description="one trunk pass over all domains' images, or one per domain (less memory)"
+    )
+    eval_mode: Literal["whole", "slide"] = Field("whole", description="whole-image or sliding-window eval")
+    eval_crop: tuple[int, int] | None = Field(None, description="sliding-window size (default: crop_size)")
+    num_to_keep: int = Field(2, ge=1, description="best checkpoints kept (by mean val mIoU), plus the latest")
+    max_failures: int = Field(0, ge=-1, description="worker-group restarts from the last checkpoint (-1: always)")
+    seed: int = Field(0, description="seed of model init and augmentation")
+    panels: int = Field(2, ge=0, description="prediction panels per domain logged at each evaluation")
+
+
+class ScalingConfig(_Section):
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks)")
+    use_gpu: bool = Field(False, description="one or more GPUs per worker")
+    gpus_per_worker: float = Field(1.0, gt=0, description="GPUs per worker when use_gpu")
+    cpus_per_worker: int = Field(2, ge=1, description="CPUs per worker; torch threads match it")
+    data_cpus: float | None = Field(None, gt=0, description="CPUs per Ray Data decode/augment task (None: 1)")
+
+
+class TrackingConfig(_Section):
+    experiment: str = Field("raymh", description="MLflow experiment name")
+    tracking_uri: str | None = Field(None, description="MLflow URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    storage_path: str = Field("./ray_results", description="Ray Train storage (absolute, shared on clusters)")
+    run_name: str | None = Field(None, description="run name; None: a fresh unique name")
+    log_model: bool = Field(True, description="log the final model with mlflow.pytorch.log_model")
+
+
+class ExperimentConfig(_Section):
+    name: str = Field("raymh", description="experiment preset name")
+    domains: list[DomainConfig] = Field(description="the datasets trained together, one head each")
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("domains")
+    @classmethod
+    def _unique_domains(cls, v: list[DomainConfig]) -> list[DomainConfig]:
+        if not v:
+            raise ValueError("at least one domain is needed")
+        names = [d.name for d in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"domain names must be unique; repeated: {dupes}")
+        return v
+
+    def labeled_fraction(self, domain: DomainConfig) -> float:
+        """The labeled share of one domain: its own setting, else data.labeled_fraction."""
+        return domain.labeled_fraction if domain.labeled_fraction is not None else self.data.labeled_fraction
+
+
+# ---------------------------------------------------------------- loading, overrides, flattening
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in the package."""
+    return sorted(p.name[:-5] for p in resources.files("raymh.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(text: str, where: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _load_raw(name_or_path: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    path = Path(name_or_path).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist; presets: {', '.join(preset_names())}")
+        raw = _read_yaml(path.read_text(), str(path))
+    else:
+        if name_or_path not in preset_names():
+            raise ConfigError(
+                f"unknown config {name_or_path!r}: not a file and not a preset; presets: {', '.join(preset_names())}"
+            )
+        raw = _read_yaml(resources.files("raymh.configs").joinpath(f"{name_or_path}.yaml").read_text(), name_or_path)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if parent in _seen:
+        raise ConfigError(f"{name_or_path}: `extends` loops through {parent!r}")
+    return deep_merge(_load_raw(str(parent), (*_seen, name_or_path)), raw)
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `base` with `top` merged in; mappings merge key by key, anything else replaces."""
+    out = copy.deepcopy(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`loss.dc_weight=0.2` -> ("loss.dc_weight", 0.2); the value is read as YAML."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} must look like key.path=value (e.g. loss.dc_weight=0.2)")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from e
+    return key.strip(), parsed
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set `a.b.c` (list items by index: `domains.0.kind`) in a nested dict, in place."""
+    parts = key.split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            node = node[_index(node, part, where)]
+        else:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        if not isinstance(node, dict | list):
+            raise ConfigError(f"override {key!r}: {where!r} is a value, not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_index(node, last, key)] = value
+    else:
+        node[last] = value
+
+
+def _index(node: list, part: str, where: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override key {where!r}: {part!r} is not an index of a list of {len(node)} items")
+    return int(part)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """A copy of `data` with dotted overrides applied (strings `k=v` or a mapping of dotted keys)."""
+    out = copy.deepcopy(data)
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
+    for key, value in items:
+        set_dotted(out, key, value)
+    return out
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top>"
+
+
+def config_from_dict(data: dict[str, Any], *, where: str = "config") -> ExperimentConfig:
+    """Validate a raw dict; errors name every bad key path and what is wrong with it."""
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            msg = "unknown key (check the spelling; see `raymh config show`)" if err["type"] == "extra_forbidden" else err["msg"]
+            got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {err.get('input')!r})"
+            lines.append(f"  {_key_path(err['loc'])}: {msg}{got}")
+        raise ConfigError(f"{where} is invalid:\n" + "\n".join(lines)) from None
+
+
+def load_config_dict(name_or_path: str, overrides: list[str] | dict[str, Any] = ()) -> dict[str, Any]:
+    """The raw (merged, overridden) dict of a preset or file, before validation."""
+    return apply_overrides(_load_raw(name_or_path), overrides or [])
+
+
+def load_config(name_or_path: str = "quickstart", overrides: list[str] | dict[str, Any] = ()) -> ExperimentConfig:
+    """Load a preset name or YAML file, apply `--set` overrides, validate."""
+    return config_from_dict(load_config_dict(name_or_path, overrides), where=f"config {name_or_path!r}")
+
+
+def flatten(cfg: ExperimentConfig | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted-key view of a config, for MLflow params: {"loss.dc_weight": 0.1, "domains.0.name": ...}."""
+    data = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg
+    out: dict[str, Any] = {}
+    items = enumerate(data) if isinstance(data, list) else data.items()
+    for k, v in items:
+        key = f"{prefix}{k}"
+        if isinstance(v, dict | list) and v and not all(isinstance(x, int | float) for x in v):
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def to_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML (what gets logged next to a run and loaded back by `--config FILE`)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
