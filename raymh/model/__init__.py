@@ -1,0 +1,17 @@
+"""Multi-head DeepLabv3+ (DESIGN.md section 1): shared trunk, per-domain heads, shared projection head."""
+
+from raymh.model.backbone import RESNET_NAMES, ResNetBackbone
+from raymh.model.deeplab import FUSION_CHANNELS, MultiHeadDeepLab, count_parameters, param_groups
+from raymh.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize_uint8
+
+__all__ = [
+    "FUSION_CHANNELS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "RESNET_NAMES",
+    "MultiHeadDeepLab",
+    "ResNetBackbone",
+    "count_parameters",
+    "normalize_uint8",
+    "param_groups",
+]
