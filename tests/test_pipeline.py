@@ -1,0 +1,286 @@
+"""Ray Data pipeline: prepared-dir validation, the stable labeled split, worker shards, StepBatches, val."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from raymh.data import splits
+from raymh.data.pipeline import (
+    StepBatches,
+    build_domain_data,
+    dataset_name,
+    datasets_to_split,
+    shard_of,
+    val_batches,
+    write_split_lists,
+)
+
+N_TRAIN, N_VAL = 12, 5
+CROP = (16, 24)
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_prepared(
+    root: Path, *, domain: str = "toy", n_train: int = N_TRAIN, n_val: int = N_VAL, seed: int = 0
+):
+    """A tiny prepared dir in the `raymh data prepare` format (train in two part files)."""
+    rng = np.random.default_rng(seed)
+
+    def rows(split: str, n: int, sizes) -> list[dict]:
+        out = []
+        for i in range(n):
+            h, w = sizes[i % len(sizes)]
+            label = rng.integers(0, 3, size=(h, w), dtype=np.uint8)
+            image = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+            out.append(
+                {
+                    "id": f"{split}_{i:03d}",
+                    "image": _png(image),
+                    "label": _png(label),
+                    "height": h,
+                    "width": w,
+                }
+            )
+        return out
+
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("image", pa.binary()),
+            ("label", pa.binary()),
+            ("height", pa.int32()),
+            ("width", pa.int32()),
+        ]
+    )
+    train = rows("train", n_train, [(20, 30), (12, 14), (40, 33)])
+    val = rows("val", n_val, [(16, 24), (12, 20)])
+    for split, data, parts in (("train", train, 2), ("val", val, 1)):
+        (root / split).mkdir(parents=True)
+        for p in range(parts):
+            chunk = data[p::parts]
+            pq.write_table(pa.Table.from_pylist(chunk, schema=schema), root / split / f"part-{p:05d}.parquet")
+    manifest = {
+        "domain": domain, "kind": "folder", "classes": ["a", "b", "c"], "palette": [[0, 0, 0]] * 3,
+        "num_classes": 3, "ignore_index": 255, "counts": {"train": n_train, "val": n_val},
+    }  # fmt: skip
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    """One small local Ray for the module (building datasets would otherwise auto-start a default one)."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    return write_prepared(tmp_path_factory.mktemp("prepared"))
+
+
+def _build(prepared: Path, **kwargs):
+    opts = {
+        "domain": "toy",
+        "labeled_fraction": 1 / 6,
+        "crop_size": CROP,
+        "shuffle": False,
+        "map_batch_size": 2,
+        "match_unlabeled": False,  # labeled rows repeat only up to min_rows here, so epochs are short
+        "cache_encoded": False,  # building stays lazy (no Ray work) unless a test asks for it
+    }
+    return build_domain_data(prepared, **{**opts, **kwargs})
+
+
+def _consume_split(ds, n: int, *, batch_size: int = 1, drop_last: bool = False) -> list[list[str]]:
+    """Consume streaming_split(n, equal=True) shards concurrently, as Train workers do; ids per shard."""
+    shards, out = ds.streaming_split(n, equal=True), [[] for _ in range(n)]
+
+    def consume(i):
+        for batch in shards[i].iter_batches(batch_size=batch_size, drop_last=drop_last):
+            out[i].extend(str(x) for x in batch["id"])
+
+    threads = [threading.Thread(target=consume, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "streaming_split consumers deadlocked"
+    return out
+
+
+# ------------------------------------------------------------------------------------------- no Ray needed
+def test_names():
+    assert dataset_name("city", "labeled") == "city.labeled"
+    assert datasets_to_split(["a", "b"]) == ["a.labeled", "a.unlabeled", "b.labeled", "b.unlabeled"]
+    with pytest.raises(ValueError, match="part"):
+        dataset_name("a", "train")
+
+
+def test_missing_manifest_and_parquet_name_the_path(tmp_path, prepared):
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        _build(tmp_path)
+    (tmp_path / "manifest.json").write_text((prepared / "manifest.json").read_text())
+    with pytest.raises(FileNotFoundError, match=r"train.part-\*\.parquet"):
+        _build(tmp_path)
+
+
+def test_crop_off_grid_is_an_error(prepared):
+    with pytest.raises(ValueError, match="multiples of 8"):
+        _build(prepared, crop_size=(20, 24))
+
+
+def test_labeled_split_is_stable_across_runs_and_worker_counts(prepared, tmp_path):
+    train_ids = [f"train_{i:03d}" for i in range(N_TRAIN)]
+    a = _build(prepared, min_rows=1)
+    b = _build(prepared, min_rows=8, seed=0)  # e.g. batch 4 x 2 workers
+    assert a.labeled_ids == b.labeled_ids == splits.labeled_ids(train_ids, fraction=1 / 6, seed=0)
+    assert len(a.labeled_ids) == 2
+    assert sorted(a.labeled_ids + a.unlabeled_ids) == train_ids
+    assert not set(a.labeled_ids) & set(a.unlabeled_ids)
+    other_seed = _build(prepared, seed=1, labeled_fraction=0.5)
+    assert other_seed.labeled_ids == splits.labeled_ids(train_ids, fraction=0.5, seed=1)
+    paths = write_split_lists(tmp_path, a)
+    assert paths["labeled"].read_text().split() == a.labeled_ids
+    assert (tmp_path / "toy" / "unlabeled.txt").read_text().split() == a.unlabeled_ids
+
+
+def test_split_file_and_full_fraction(prepared, tmp_path, caplog):
+    split = tmp_path / "split.txt"
+    split.write_text("train_003\ntrain_007\n")
+    dd = _build(prepared, split_file=split)
+    assert dd.labeled_ids == ["train_003", "train_007"] and len(dd.unlabeled_ids) == N_TRAIN - 2
+    with caplog.at_level(logging.WARNING, logger="raymh.data.pipeline"):
+        full = _build(prepared, labeled_fraction=1.0)
+    assert len(full.labeled_ids) == N_TRAIN and full.unlabeled_ids == full.labeled_ids
+    assert "all train rows as unlabeled" in caplog.text
+
+
+# --------------------------------------------------------------------------------------------------- Ray
+def test_labeled_and_unlabeled_batches(ray_session, prepared):
+    # cached encoded rows; 2 labeled rows x5 = the 10 unlabeled rows (repeated after the cache)
+    dd = _build(prepared, min_rows=5, match_unlabeled=True, cache_encoded=True)
+    lab = dd.labeled.take_batch(12, batch_format="numpy")
+    assert lab["image"].shape == (10, 3, *CROP) and lab["image"].dtype == np.uint8
+    assert lab["label"].shape == (10, *CROP) and lab["label"].dtype == np.uint8
+    assert set(np.unique(lab["label"])) <= {0, 1, 2, 255}
+    assert sorted(lab["id"]) == sorted(dd.labeled_ids * 5)
+
+    unl = dd.unlabeled.take_batch(3, batch_format="numpy")
+    assert unl["image1"].shape == unl["image2"].shape == (3, 3, *CROP)
+    assert unl["box1"].shape == (3, 4) and unl["box1"].dtype == np.int32 and (unl["box1"] % 8 == 0).all()
+    assert unl["flip1"].shape == (3,) and unl["flip1"].dtype == bool
+    assert unl["valid1"].shape == (3, *CROP) and unl["valid1"].dtype == bool
+    assert set(unl["id"]) <= set(dd.unlabeled_ids)
+
+
+def test_two_worker_shards_are_disjoint_and_cover(ray_session, prepared):
+    """DataConfig splits train sets with streaming_split(n, equal=True); 10 unlabeled rows split evenly.
+
+    equal=True drops up to n-1 remainder rows per epoch, so the row count here is divisible by 2.
+    """
+    dd = _build(prepared, shuffle=True)  # a shuffled set, as in training
+    assert len(dd.unlabeled_ids) == 10
+    shard0, shard1 = _consume_split(dd.unlabeled, 2)
+    assert len(shard0) == len(shard1) == 5
+    assert not set(shard0) & set(shard1)
+    assert sorted(shard0 + shard1) == dd.unlabeled_ids
+
+
+def test_val_batches_partition_exactly(ray_session, prepared):
+    dd = _build(prepared)
+    get = {dataset_name("toy", "val"): dd.val.materialize()}.get  # decode once, iterate per rank
+    seen: list[str] = []
+    for rank in range(2):
+        for batch in val_batches("toy", rank=rank, world_size=2, batch_size=4, get_shard=get):
+            n = len(batch["id"])
+            assert batch["image"].shape[:2] == (n, 3) and batch["label"].shape[0] == n
+            assert batch["image"].shape[2:] == batch["label"].shape[1:]
+            assert str(batch["label"].dtype) == "torch.int64"
+            assert all(shard_of(i, world_size=2) == rank for i in batch["id"])
+            seen.extend(batch["id"])
+    assert sorted(seen) == dd.val_ids  # disjoint (no duplicate) and covering
+    fixed = _build(prepared, val_size=(8, 16))
+    (batch,) = val_batches("toy", rank=0, world_size=1, batch_size=8, get_shard={"toy.val": fixed.val}.get)
+    assert tuple(batch["image"].shape) == (N_VAL, 3, 8, 16)
+
+
+def test_step_batches_every_domain_and_epoch_rollover(ray_session, prepared, tmp_path):
+    other = write_prepared(tmp_path / "other", domain="other", n_train=6, n_val=1, seed=1)
+    data = {"toy": _build(prepared, min_rows=2), "other": _build(other, domain="other", min_rows=2)}
+    # materialized: one pipeline run per set; StepBatches' cycling is the same over any Dataset
+    shards = {
+        name: ds.materialize()
+        for dd in data.values()
+        for name, ds in dd.datasets().items()
+        if "val" not in name
+    }
+    steps = StepBatches(
+        ["toy", "other"], labeled_batch_size=2, unlabeled_batch_size=3, get_shard=shards.get, keep_ids=True
+    )
+    labeled_seen = {"toy": [], "other": []}
+    for _ in range(2):  # each domain's labeled set is one batch per epoch: step 2 starts a new epoch
+        batch = next(steps)
+        assert set(batch) == {"toy", "other"}
+        for domain, parts in batch.items():
+            lab, unl = parts["labeled"], parts["unlabeled"]
+            assert tuple(lab["image"].shape) == (2, 3, *CROP) and str(lab["label"].dtype) == "torch.int64"
+            assert tuple(unl["image1"].shape) == (3, 3, *CROP) and tuple(unl["box2"].shape) == (3, 4)
+            assert str(unl["valid1"].dtype) == "torch.bool" and tuple(unl["flip2"].shape) == (3,)
+            labeled_seen[domain].extend(lab["id"])
+    assert steps.epochs[("toy", "labeled")] >= 1 and steps.epochs[("other", "labeled")] >= 1
+    assert sorted(labeled_seen["toy"]) == sorted(data["toy"].labeled_ids * 2)  # the same 2 rows, 2 epochs
+    steps.close()
+
+
+@pytest.mark.slow
+def test_step_batches_two_ranks_in_lockstep_past_epochs(ray_session, prepared):
+    """Two 'ranks' consume streaming_split shards through StepBatches across epoch ends without deadlock."""
+    dd = _build(prepared, min_rows=4)  # 2 labeled rows x2 -> each rank: 2 rows = 1 batch of 2 per epoch
+    split = {
+        name: ds.streaming_split(2, equal=True)
+        for name, ds in dd.datasets().items()
+        if not name.endswith("val")
+    }
+    seen = [[], []]
+
+    def rank(r):
+        steps = StepBatches(
+            ["toy"],
+            labeled_batch_size=2,
+            unlabeled_batch_size=2,
+            get_shard=lambda n: split[n][r],
+            keep_ids=True,
+        )
+        for _ in range(3):
+            seen[r].append(next(steps)["toy"]["labeled"]["id"])
+        steps.close()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    assert not any(t.is_alive() for t in threads), "ranks deadlocked at an epoch boundary"
+    assert len(seen[0]) == len(seen[1]) == 3
