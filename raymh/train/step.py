@@ -1,0 +1,90 @@
+"""One training step of the method: per-domain CE and DCLoss, the Mix Loss (DESIGN.md section 1).
+
+L = sum_d ( CE_d + lambda_t * DC_d ); one forward of the shared body over every domain's images (or one per
+domain), each head on its own slice, one backward by the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from raymh.config import ExperimentConfig, LossConfig
+from raymh.losses import cross_entropy, dc_loss_from_crops, mix_loss
+from raymh.model import normalize_uint8
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # the Mix Loss, to call backward on
+    parts: dict[str, float]  # "ce/<d>", "dc/<d>", "loss": every term, for logging
+    stats: dict[str, float]  # "passing/<d>": fraction of DCLoss directional terms above gamma
+
+
+def dc_weight_at(step: int, cfg: LossConfig) -> float:
+    """lambda_t: 0 before dc_start_iter, then a linear ramp over dc_rampup_iters to dc_weight."""
+    if cfg.dc_weight == 0 or step < cfg.dc_start_iter:
+        return 0.0
+    if cfg.dc_rampup_iters:
+        return cfg.dc_weight * min(1.0, (step - cfg.dc_start_iter + 1) / cfg.dc_rampup_iters)
+    return cfg.dc_weight
+
+
+def _inputs(batch: dict, use_dc: bool, device, channels_last: bool) -> tuple[torch.Tensor, int, int]:
+    """One domain's step images: labeled crops, then (when DCLoss is on) crop 1s and crop 2s."""
+    parts = [batch["labeled"]["image"]]
+    if use_dc:
+        parts += [batch["unlabeled"]["image1"], batch["unlabeled"]["image2"]]
+    x = normalize_uint8(torch.cat(parts).to(device, non_blocking=True))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, batch["labeled"]["image"].shape[0], (batch["unlabeled"]["image1"].shape[0] if use_dc else 0)
+
+
+def mix_loss_step(
+    model: torch.nn.Module,
+    batches: dict[str, dict[str, dict[str, torch.Tensor]]],
+    cfg: ExperimentConfig,
+    *,
+    step: int,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> StepOutput:
+    """Forward every domain's labeled batch and crop pair, and return the Mix Loss with its parts."""
+    lam = dc_weight_at(step, cfg.loss)
+    use_dc = lam > 0
+    dev = torch.device(device)
+    inputs, sizes = {}, {}
+    for domain, batch in batches.items():
+        inputs[domain], n_lab, n_unl = _inputs(batch, use_dc, dev, channels_last)
+        sizes[domain] = (n_lab, n_unl)
+
+    with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        # joint: one trunk pass over all domains' images, each head on its own slice (one DDP forward either way)
+        outputs = model(inputs, joint=cfg.train.forward == "joint")
+
+    per_domain, stats = {}, {}
+    for domain, out in outputs.items():
+        n_lab, n_unl = sizes[domain]
+        labels = batches[domain]["labeled"]["label"].to(dev, non_blocking=True)
+        terms = {"ce": cross_entropy(out["logits"][:n_lab].float(), labels)}
+        if use_dc:
+            u = batches[domain]["unlabeled"]
+            logits8 = F.avg_pool2d(out["logits"][n_lab:].float(), 2)  # the classifier at stride 8
+            proj = out["proj"][n_lab:].float()
+            dc = dc_loss_from_crops(
+                proj[:n_unl], proj[n_unl:], logits8[:n_unl], logits8[n_unl:],
+                u["box1"].to(dev), u["box2"].to(dev), u["flip1"].to(dev), u["flip2"].to(dev),
+                temperature=cfg.loss.temperature, gamma=cfg.loss.gamma, chunk_size=cfg.loss.chunk_size,
+                valid1=u["valid1"].to(dev), valid2=u["valid2"].to(dev),
+            )  # fmt: skip
+            terms["dc"] = dc["loss"]
+            stats[f"passing/{domain}"] = dc["passing"]
+        per_domain[domain] = terms
+
+    total, parts = mix_loss(per_domain, dc_weight=lam)
+    parts["dc_weight"] = lam
+    return StepOutput(loss=total, parts=parts, stats=stats)

@@ -1,0 +1,159 @@
+"""MLflow tracking: where runs go, and a run handle that never stops training.
+
+The tracking URI is the config's `tracking.tracking_uri`, else `MLFLOW_TRACKING_URI`, else an absolute
+`sqlite:///<cwd>/mlflow.db` (absolute because Ray workers run in other directories). If the tracking server
+cannot be reached, training goes on and says so once; every record that could not be sent is appended to a
+local JSONL spool file next to the run, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from raymh.config import ExperimentConfig
+
+
+def resolve_tracking_uri(cfg: ExperimentConfig | None = None) -> str:
+    """Config, else MLFLOW_TRACKING_URI, else sqlite:///<abs cwd>/mlflow.db; relative sqlite/file paths made absolute."""
+    uri = (cfg.tracking.tracking_uri if cfg else None) or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{(Path.cwd() / uri[len('sqlite:///'):]).resolve()}"
+    if "://" not in uri:  # a bare path: MLflow reads it as a file store
+        return Path(uri).resolve().as_uri()
+    return uri
+
+
+def _reachable(uri: str, timeout: float = 5.0) -> str | None:
+    """None when the store can be used; else why not (only http(s) servers are probed)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).read()
+        return None
+    except Exception as e:  # noqa: BLE001 - any failure means "not reachable"
+        return f"{type(e).__name__}: {e}"
+
+
+class TrackedRun:
+    """An MLflow run by id; every call is guarded: on the first failure it warns once and spools the rest."""
+
+    def __init__(self, uri: str, run_id: str | None, *, spool: Path, offline_reason: str | None = None) -> None:
+        self.uri, self.run_id, self.spool = uri, run_id, Path(spool)
+        self.offline_reason = offline_reason if run_id else (offline_reason or "no MLflow run")
+        self._client = None
+
+    @classmethod
+    def create(
+        cls,
+        uri: str,
+        *,
+        experiment: str,
+        run_name: str,
+        spool: Path,
+        parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> TrackedRun:
+        """Start a new run (a child run when parent_run_id is given) in `experiment`."""
+        reason = _reachable(uri)
+        if reason is None:
+            try:
+                from mlflow.tracking import MlflowClient
+
+                client = MlflowClient(tracking_uri=uri)
+                exp = client.get_experiment_by_name(experiment)
+                exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+                all_tags = dict(tags or {})
+                if parent_run_id:
+                    all_tags["mlflow.parentRunId"] = parent_run_id
+                run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+                out = cls(uri, run.info.run_id, spool=spool)
+                out._client = client
+                return out
+            except Exception as e:  # noqa: BLE001
+                reason = f"{type(e).__name__}: {e}"
+        cls._warn(uri, reason, spool)
+        return cls(uri, None, spool=spool, offline_reason=reason)
+
+    @property
+    def online(self) -> bool:
+        return self.offline_reason is None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    @staticmethod
+    def _warn(uri: str, reason: str, spool: Path) -> None:
+        print(
+            f"[raymh] MLflow tracking at {uri} is unreachable ({reason}); training goes on, "
+            f"and records are kept in {spool}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _call(self, kind: str, payload: dict[str, Any], fn) -> None:
+        if self.online:
+            try:
+                fn()
+                return
+            except Exception as e:  # noqa: BLE001
+                self.offline_reason = f"{type(e).__name__}: {e}"
+                self._warn(self.uri, self.offline_reason, self.spool)
+        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        with self.spool.open("a") as f:
+            f.write(json.dumps({"time": time.time(), "kind": kind, "run_id": self.run_id, **payload}, default=str) + "\n")
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        if not clean:
+            return
+
+        def send():
+            from mlflow.entities import Metric
+
+            ts = int(time.time() * 1000)
+            self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, step) for k, v in clean.items()])
+
+        self._call("metrics", {"step": step, "metrics": clean}, send)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        def send():
+            from mlflow.entities import Param
+
+            items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+            for i in range(0, len(items), 100):
+                self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+        self._call("params", {"params": params}, send)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        def send():
+            from mlflow.entities import RunTag
+
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+        self._call("tags", {"tags": tags}, send)
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(local_path)
+        if path.is_dir():
+            fn = lambda: self.client.log_artifacts(self.run_id, str(path), artifact_path)  # noqa: E731
+        else:
+            fn = lambda: self.client.log_artifact(self.run_id, str(path), artifact_path)  # noqa: E731
+        self._call("artifact", {"path": str(path), "artifact_path": artifact_path}, fn)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self._call("end", {"status": status}, lambda: self.client.set_terminated(self.run_id, status=status))

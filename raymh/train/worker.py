@@ -1,0 +1,203 @@
+"""The Ray Train worker loop: counted steps of the Mix Loss, evaluation, checkpoints, rank-0 logging.
+
+Every rank runs the same number of steps and calls `ray.train.report` at the same steps (each evaluation),
+rank 0 passing the checkpoint. A restarted worker group resumes from `ray.train.get_checkpoint()`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from raymh.config import config_from_dict, to_yaml
+from raymh.data.pipeline import StepBatches, val_batches
+from raymh.model import MultiHeadDeepLab, normalize_uint8
+from raymh.train import artifacts
+from raymh.train.checkpoint import load_state, save_state, unwrap
+from raymh.train.evaluate import evaluate_domains, miou_metrics
+from raymh.train.optim import build_optimizer, poly_scheduler
+from raymh.train.step import mix_loss_step
+from raymh.train.tracking import TrackedRun
+
+
+class NonFiniteLossError(RuntimeError):
+    """The Mix Loss became NaN or infinite; the message names the step and the domain terms."""
+
+
+def precision_settings(cfg, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, channels_last): bf16 + channels_last on GPU under 'auto', fp32 on CPU."""
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+    channels_last = cfg.train.channels_last if cfg.train.channels_last is not None else bf16
+    return (torch.bfloat16 if bf16 else None), channels_last
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _all_ranks_finite(value: torch.Tensor, world: int) -> bool:
+    flag = torch.tensor([0.0 if torch.isfinite(value).item() else 1.0])
+    if world > 1:
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag.item() == 0.0
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    cfg = config_from_dict(config["experiment"])
+    domains: dict[str, dict] = config["domains"]  # name -> {"num_classes", "classes", "palette"}
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.scaling.cpus_per_worker)  # Ray sets OMP_NUM_THREADS=1 otherwise
+    seed_everything(cfg.train.seed + rank)
+    device = ray.train.torch.get_device()
+    autocast_dtype, channels_last = precision_settings(cfg, device)
+
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+    model = MultiHeadDeepLab(
+        {d: info["num_classes"] for d, info in domains.items()},
+        backbone=cfg.model.backbone,
+        output_stride=cfg.model.output_stride,
+        head_depth=cfg.model.head_depth,
+        proj_dim=cfg.model.proj_dim,
+        pretrained=cfg.model.pretrained,
+    )
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    # Heads and the projection may sit out a step (DCLoss before dc_start_iter): DDP must allow it.
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+    optimizer = build_optimizer(unwrap(model), cfg.optim)
+    scheduler = poly_scheduler(optimizer, total_iters=cfg.train.iters, power=cfg.optim.poly_power)
+
+    start, best = 0, -math.inf
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            restored = load_state(ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler)
+        seed_everything(cfg.train.seed + rank + 7919 * restored["step"])  # fresh, reproducible streams
+        start, best = restored["step"], restored["best_score"]
+        if rank == 0:
+            print(f"[raymh] resumed from checkpoint at step {start}/{cfg.train.iters}", flush=True)
+
+    tracked = None
+    if rank == 0 and config.get("mlflow"):
+        m = config["mlflow"]
+        tracked = TrackedRun(m["uri"], m["run_id"], spool=Path(m["spool"]), offline_reason=m.get("offline_reason"))
+
+    batches = StepBatches(
+        list(domains),
+        labeled_batch_size=cfg.data.labeled_batch_size,
+        unlabeled_batch_size=cfg.data.unlabeled_batch_size,
+        device=device,
+    )
+    model.train()
+    t_log, images_since = time.perf_counter(), 0
+    t_start = t_log
+    for step in range(start, cfg.train.iters):
+        batch = next(batches)
+        out = mix_loss_step(
+            model, batch, cfg, step=step, device=device, autocast_dtype=autocast_dtype, channels_last=channels_last
+        )
+        if not _all_ranks_finite(out.loss.detach().cpu(), world):
+            bad = {k: v for k, v in out.parts.items() if not math.isfinite(v)}
+            raise NonFiniteLossError(
+                f"non-finite Mix Loss at step {step} (rank {rank}): {bad or 'on another rank'}; "
+                f"training stopped, checkpoints so far are kept under {config.get('run_dir', 'the run dir')}. "
+                "Lower optim.lr or check the data of the named domain."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+        scheduler.step()
+        images_since += sum(b["labeled"]["image"].shape[0] + 2 * b["unlabeled"]["image1"].shape[0] for b in batch.values())
+
+        done = step + 1
+        if rank == 0 and (done % cfg.train.log_every == 0 or done == cfg.train.iters):
+            now = time.perf_counter()
+            ips = images_since * world / max(now - t_log, 1e-9)
+            eta = (now - t_start) / max(done - start, 1) * (cfg.train.iters - done)
+            metrics = {f"train/{k}": v for k, v in {**out.parts, **out.stats}.items()}
+            metrics.update({"train/lr": scheduler.get_last_lr()[0], "train/images_per_s": ips})
+            if tracked:
+                tracked.log_metrics(metrics, step=done)
+            terms = " ".join(f"{k}={v:.3f}" for k, v in out.parts.items() if k != "dc_weight")
+            print(f"[raymh] step {done}/{cfg.train.iters} eta {eta / 60:.1f}m {terms} {ips:.1f} img/s", flush=True)
+            t_log, images_since = now, 0
+
+        if done % cfg.train.eval_every == 0 or done == cfg.train.iters:
+            metrics = _evaluate(model, cfg, domains, device, autocast_dtype, channels_last, rank, world, done, tracked)
+            best = max(best, metrics["val/miou_mean"])
+            metrics.update({"step": done, "best/miou_mean": best})
+            _report(metrics, model, optimizer, scheduler, done, best, cfg, rank, config)
+
+
+def _evaluate(model, cfg, domains, device, autocast_dtype, channels_last, rank, world, step, tracked) -> dict:
+    panels: dict[str, list] = {d: [] for d in domains}  # (id, panel) of this rank's first val rows
+
+    def keep_panel(domain, batch, pred):
+        palette = domains[domain]["palette"]
+        for i in range(batch["image"].shape[0]):
+            if len(panels[domain]) >= cfg.train.panels:
+                return
+            img = batch["image"][i].permute(1, 2, 0).cpu().numpy()
+            panel = artifacts.prediction_panel(img, batch["label"][i].cpu().numpy(), pred[i].cpu().numpy(), palette)
+            panels[domain].append((batch["id"][i], panel))
+
+    val = {d: val_batches(d, rank=rank, world_size=world) for d in domains}
+    cms = evaluate_domains(
+        unwrap(model), val, {d: i["num_classes"] for d, i in domains.items()},
+        normalize=normalize_uint8, device=device, mode=cfg.train.eval_mode,
+        window=cfg.train.eval_crop or cfg.data.crop_size, autocast_dtype=autocast_dtype,
+        channels_last=channels_last, on_batch=keep_panel,
+    )  # fmt: skip
+    metrics = miou_metrics(cms, {d: i["classes"] for d, i in domains.items()})
+    if world > 1 and cfg.train.panels:  # a rank may hold no val row of a domain: rank 0 draws from all ranks'
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, panels)
+        panels = {
+            d: sorted((p for part in gathered for p in part[d]), key=lambda t: t[0])[: cfg.train.panels] for d in domains
+        }
+    if rank == 0:
+        table = " ".join(f"{d}={metrics[f'val/miou/{d}']:.3f}" for d in domains)
+        print(f"[raymh] eval step {step}: mIoU {table} mean={metrics['val/miou_mean']:.3f}", flush=True)
+        if tracked:
+            tracked.log_metrics(metrics, step=step)
+            with tempfile.TemporaryDirectory() as tmp:
+                for d, cm in cms.items():
+                    artifacts.save_confusion(cm.mat.numpy(), domains[d]["classes"], Path(tmp) / "confusion", d)
+                    if panels[d]:
+                        artifacts.save_panels([p for _, p in panels[d]], Path(tmp) / "panels" / f"{d}.png")
+                tracked.log_artifact(Path(tmp) / "confusion", f"eval/step_{step:06d}/confusion")
+                if any(panels.values()):
+                    tracked.log_artifact(Path(tmp) / "panels", f"eval/step_{step:06d}/panels")
+    return metrics
+
+
+def _report(metrics, model, optimizer, scheduler, step, best, cfg, rank, config) -> None:
+    """Every rank reports at the same steps; rank 0 attaches the checkpoint."""
+    clean = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            mlflow_run_id = (config.get("mlflow") or {}).get("run_id")
+            save_state(
+                tmp, model=model, optimizer=optimizer, scheduler=scheduler, step=step, best_score=best,
+                config_yaml=to_yaml(cfg), mlflow_run_id=mlflow_run_id,
+            )  # fmt: skip
+            (Path(tmp) / "metrics.json").write_text(json.dumps(clean, indent=1))
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(clean, checkpoint=checkpoint)

@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny synthetic experiment config and one local Ray for the end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+
+def tiny_overrides(tmp_root, **extra) -> list[str]:
+    """A run that trains in seconds on 2 cores: tiny synthetic domains, resnet18, 64 px crops."""
+    base = {
+        "data.cache_dir": str(tmp_root / "cache"),
+        "data.synthetic": "{images: 8, val_images: 4, size: [64, 128], seed: 0}",
+        "data.crop_size": "[64, 64]",
+        "data.labeled_batch_size": 2,
+        "data.unlabeled_batch_size": 1,
+        "data.labeled_fraction": 0.5,
+        "model.backbone": "resnet18",
+        "model.head_depth": 1,
+        "loss.dc_start_iter": 0,
+        "train.iters": 6,
+        "train.eval_every": 3,
+        "train.log_every": 1,
+        "train.panels": 1,
+        "scaling.cpus_per_worker": 1,
+        "tracking.storage_path": str(tmp_root / "runs"),
+        "tracking.tracking_uri": f"sqlite:///{tmp_root}/mlflow.db",
+        "tracking.log_model": False,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for all end-to-end tests (starting Ray costs ~10 s on 2 cores)."""
+    import ray
+
+    ray.init(
+        num_cpus=6, include_dashboard=True, runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def e2e_root(tmp_path_factory):
+    """A folder shared by the end-to-end tests (one synthetic render and prepare for all of them)."""
+    return tmp_path_factory.mktemp("e2e")

@@ -1,0 +1,52 @@
+"""MLflow tracking: absolute default URI, a run in a temporary store, and nothing lost when unreachable."""
+
+import json
+
+from mlflow.tracking import MlflowClient
+
+from raymh.config import load_config
+from raymh.train.tracking import TrackedRun, resolve_tracking_uri
+
+
+def test_default_uri_is_absolute_sqlite(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///rel.db")
+    assert resolve_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/rel.db"
+    cfg = load_config("quickstart", ["tracking.tracking_uri=http://127.0.0.1:5999"])
+    assert resolve_tracking_uri(cfg) == "http://127.0.0.1:5999"
+
+
+def test_run_logs_metrics_params_and_artifacts(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run = TrackedRun.create(
+        uri, experiment="e", run_name="r", spool=tmp_path / "spool.jsonl", tags={"t": "1"}
+    )
+    assert run.online
+    run.log_params({"loss.dc_weight": 0.1})
+    run.log_metrics({"train/loss": 1.5, "val/iou/x": float("nan")}, step=3)
+    (tmp_path / "a.txt").write_text("hello")
+    run.log_artifact(tmp_path / "a.txt", "config")
+    run.end()
+    client = MlflowClient(uri)
+    data = client.get_run(run.run_id)
+    assert data.data.params["loss.dc_weight"] == "0.1"
+    assert data.data.metrics == {"train/loss": 1.5} and data.data.tags["t"] == "1"
+    assert data.info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(run.run_id, "config")] == ["config/a.txt"]
+    assert not (tmp_path / "spool.jsonl").exists()
+
+
+def test_unreachable_server_warns_once_and_spools_everything(tmp_path, capsys):
+    spool = tmp_path / "spool.jsonl"
+    run = TrackedRun.create("http://127.0.0.1:9", experiment="e", run_name="r", spool=spool)
+    assert not run.online
+    run.log_metrics({"train/loss": 1.0}, step=1)
+    run.log_metrics({"train/loss": 0.5}, step=2)
+    run.end()
+    err = capsys.readouterr().err
+    assert err.count("[raymh] MLflow tracking") == 1 and str(spool) in err
+    records = [json.loads(line) for line in spool.read_text().splitlines()]
+    assert [r["kind"] for r in records] == ["metrics", "metrics", "end"]
+    assert records[1]["metrics"] == {"train/loss": 0.5} and records[1]["step"] == 2
