@@ -115,7 +115,7 @@ class TrainConfig(_Section):
     eval_every: int = Field(500, ge=1, description="evaluate (and checkpoint) every this many steps, and at the end")
     log_every: int = Field(10, ge=1, description="log losses to MLflow and the console every this many steps")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 autocast + channels_last on GPU, fp32 on CPU"
+        "auto", description="auto: bf16 autocast + channels_last on GPUs and bf16-capable CPUs (AVX512-BF16/AMX), else fp32"
     )
     channels_last: bool | None = Field(None, description="None: on whenever bf16 is on")
     forward: Literal["joint", "per_domain"] = Field(

@@ -252,8 +252,12 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_ray_job_submit_with_token_auth_against_ray_start_head():
-    """`ray job submit --working-dir . -- raymh ...` against `ray start --head` with RAY_AUTH_MODE=token."""
+def test_ray_job_submit_raymh_train_with_token_auth_against_ray_start_head(tmp_path):
+    """`ray job submit --working-dir . -- raymh train ...` against `ray start --head` with RAY_AUTH_MODE=token."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import tiny_overrides
+
     temp_dir = tempfile.mkdtemp(prefix="rmh", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
     bin_dir = Path(sys.executable).parent
     ray_cli, gcs_port, dash_port = str(bin_dir / "ray"), _free_port(), _free_port()
@@ -267,16 +271,8 @@ def test_ray_job_submit_with_token_auth_against_ray_start_head():
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
         [
-            ray_cli,
-            "start",
-            "--head",
-            "--block",
-            f"--port={gcs_port}",
-            f"--dashboard-port={dash_port}",
-            "--dashboard-host=127.0.0.1",
-            "--num-cpus=1",
-            "--include-dashboard=true",
-            f"--temp-dir={temp_dir}",
+            ray_cli, "start", "--head", "--block", f"--port={gcs_port}", f"--dashboard-port={dash_port}",
+            "--dashboard-host=127.0.0.1", "--num-cpus=4", "--include-dashboard=true", f"--temp-dir={temp_dir}",
             "--disable-usage-stats",
         ],  # fmt: skip
         env=env,
@@ -286,6 +282,7 @@ def test_ray_job_submit_with_token_auth_against_ray_start_head():
     )
     address = f"http://127.0.0.1:{dash_port}"
     runtime_env = {k: v for k, v in _yaml(CLUSTER / "runtime_env.yaml").items() if k != "pip"}  # pip: offline
+    overrides = tiny_overrides(tmp_path, **{"train.iters": 4, "train.eval_every": 4, "tracking.run_name": "submitted"})
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -298,34 +295,24 @@ def test_ray_job_submit_with_token_auth_against_ray_start_head():
             time.sleep(2)
         submit = subprocess.run(
             [
-                ray_cli,
-                "job",
-                "submit",
-                "--address",
-                address,
-                "--working-dir",
-                ".",
-                "--runtime-env-json",
-                json.dumps(runtime_env),
-                "--",
-                "raymh",
-                "config",
-                "show",
-                "--config",
-                "quickstart",
-                "--set",
-                "loss.dc_weight=0.25",
+                ray_cli, "job", "submit", "--address", address, "--working-dir", ".",
+                "--runtime-env-json", json.dumps(runtime_env), "--",
+                "raymh", "train", "--config", "quickstart", *[a for o in overrides for a in ("--set", o)],
             ],  # fmt: skip
             cwd=ROOT,
             env=env,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=600,
         )
-        assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
-        assert "name: quickstart" in submit.stdout and "dc_weight: 0.25" in submit.stdout, submit.stdout[
-            -3000:
-        ]
+        out = submit.stdout[-4000:] + submit.stderr[-3000:]
+        assert submit.returncode == 0 and "succeeded" in submit.stdout.lower(), out
+        assert "run submitted: finished at step 4" in submit.stdout, out
+        # the job's run is in the MLflow store named by absolute URI, with its metrics and params
+        client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+        runs = client.search_runs([client.get_experiment_by_name("raymh-quickstart").experiment_id])
+        assert [r.info.run_name for r in runs] == ["submitted"] and runs[0].info.status == "FINISHED"
+        assert "val/miou_mean" in runs[0].data.metrics and runs[0].data.params["train.iters"] == "4"
         # without the token the dashboard refuses the client
         anon = {**env, "RAY_AUTH_TOKEN": "wrong-" + env["RAY_AUTH_TOKEN"][6:]}
         denied = subprocess.run(

@@ -91,6 +91,19 @@ def test_forward_domains_matches_per_domain_forward_in_eval(model: MultiHeadDeep
                 torch.testing.assert_close(joint[domain][key], alone[key], atol=1e-4, rtol=1e-4)
 
 
+def test_forward_with_a_dict_goes_through_forward_domains(model: MultiHeadDeepLab) -> None:
+    images = {"bdd": torch.randn(2, 3, 32, 32), "custom": torch.randn(1, 3, 32, 32)}
+    with torch.no_grad():
+        joint = model.forward_domains(images)
+        via_forward = model(images)
+        separate = model(images, joint=False)
+    for domain in images:
+        torch.testing.assert_close(via_forward[domain]["logits"], joint[domain]["logits"])
+        torch.testing.assert_close(separate[domain]["proj"], joint[domain]["proj"], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="needs a domain name"):
+        model(images["bdd"])
+
+
 def test_forward_domains_runs_each_head_on_its_own_slice_only() -> None:
     m = MultiHeadDeepLab(CLASSES, backbone="resnet18", head_depth=1, proj_dim=8).train()
     seen: dict[str, int] = {}

@@ -74,7 +74,7 @@ def test_two_workers_lower_the_loss_and_log_to_mlflow(ray_local, e2e_root):
 def test_killed_worker_recovers_from_the_last_checkpoint(ray_local, e2e_root):
     cfg = load_config(
         "quickstart",
-        tiny_overrides(e2e_root, **{"train.iters": 40, "train.eval_every": 4, "train.max_failures": 1,
+        tiny_overrides(e2e_root, **{"train.iters": 24, "train.eval_every": 4, "train.max_failures": 1,
                                     "tracking.run_name": "killed", "loss.dc_weight": 0.0}),
     )  # fmt: skip
     killed: list[int] = []
@@ -83,13 +83,13 @@ def test_killed_worker_recovers_from_the_last_checkpoint(ray_local, e2e_root):
     thread.join(timeout=5)
     assert killed, "no Ray Train worker was found to kill"
     assert out.ok, out.error
-    assert read_state(out.checkpoint)["step"] == 40
+    assert read_state(out.checkpoint)["step"] == 24
     steps = [s for s, _ in _history(cfg.tracking.tracking_uri, out.mlflow_run_id, "train/lr")]
-    assert steps[-1] == 40 and set(range(1, 41)) <= set(steps)
+    assert steps[-1] == 24 and set(range(1, 25)) <= set(steps)
 
 
 def test_resume_continues_the_step_count_and_lr_schedule_exactly(ray_local, e2e_root):
-    over = {"train.iters": 40, "train.eval_every": 4, "train.max_failures": 0, "tracking.run_name": "cut",
+    over = {"train.iters": 24, "train.eval_every": 4, "train.max_failures": 0, "tracking.run_name": "cut",
             "loss.dc_weight": 0.0, "optim.lr": 0.01}  # fmt: skip
     cfg = load_config("quickstart", tiny_overrides(e2e_root, **over))
     killed: list[int] = []
@@ -102,11 +102,11 @@ def test_resume_continues_the_step_count_and_lr_schedule_exactly(ray_local, e2e_
     resumed = fit(cfg, resume="cut")
     assert resumed.ok, resumed.error
     assert resumed.mlflow_run_id == first.mlflow_run_id  # the same MLflow run goes on
-    assert read_state(resumed.checkpoint)["step"] == 40
+    assert read_state(resumed.checkpoint)["step"] == 24
     history = _history(cfg.tracking.tracking_uri, resumed.mlflow_run_id, "train/lr")
-    assert {s for s, _ in history} == set(range(1, 41))
+    assert {s for s, _ in history} == set(range(1, 25))
     for step, lr in history:  # poly 0.9 per iteration, continued exactly across the resume
-        assert lr == pytest.approx(0.01 * (1 - step / 40) ** 0.9, rel=1e-9, abs=1e-15)
+        assert lr == pytest.approx(0.01 * (1 - step / 24) ** 0.9, rel=1e-9, abs=1e-15)
 
 
 def test_nan_loss_stops_with_the_step_and_domain_and_keeps_checkpoints(ray_local, e2e_root):
@@ -120,3 +120,111 @@ def test_nan_loss_stops_with_the_step_and_domain_and_keeps_checkpoints(ray_local
     assert "non-finite Mix Loss at step" in out.error and "ce/" in out.error
     assert list(out.run_dir.glob("checkpoint_*/state.pt")), "checkpoints written before the NaN are kept"
     assert MlflowClient(cfg.tracking.tracking_uri).get_run(out.mlflow_run_id).info.status == "FAILED"
+
+
+def _eval_loop(config: dict) -> None:
+    """Evaluate one fixed (seeded) model on this rank's val rows; rank 0 reports the summed matrices."""
+    import json
+    import tempfile
+
+    import ray.train
+    import torch
+
+    from raymh.data.pipeline import val_batches
+    from raymh.model import MultiHeadDeepLab, normalize_uint8
+    from raymh.train.evaluate import evaluate_domains
+
+    ctx = ray.train.get_context()
+    torch.manual_seed(0)
+    model = MultiHeadDeepLab(config["num_classes"], backbone="resnet18", head_depth=1)
+    val = {d: val_batches(d, rank=ctx.get_world_rank(), world_size=ctx.get_world_size()) for d in config["num_classes"]}
+    cms = evaluate_domains(model, val, config["num_classes"], normalize=normalize_uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "cm.json").write_text(json.dumps({d: cm.mat.tolist() for d, cm in cms.items()}))
+        ckpt = ray.train.Checkpoint.from_directory(tmp) if ctx.get_world_rank() == 0 else None
+        ray.train.report({"done": 1}, checkpoint=ckpt)
+
+
+def test_evaluation_with_two_workers_equals_one(ray_local, e2e_root, tmp_path):
+    import json
+    import sys
+
+    import ray.train
+    from ray import cloudpickle
+    from ray.train.torch import TorchTrainer
+
+    from raymh.data.pipeline import dataset_name
+    from raymh.train.driver import build_domain_data
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the tests package
+    cfg = load_config("quickstart", tiny_overrides(e2e_root))
+    data = build_domain_data(cfg)
+    matrices = []
+    for workers in (1, 2):
+        trainer = TorchTrainer(
+            _eval_loop,
+            train_loop_config={"num_classes": {n: dd.num_classes for n, dd in data.items()}},
+            scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
+            datasets={dataset_name(n, "val"): dd.val for n, dd in data.items()},
+            dataset_config=ray.train.DataConfig(datasets_to_split=[]),
+            run_config=ray.train.RunConfig(name=f"eval{workers}", storage_path=str(tmp_path)),
+        )
+        with trainer.fit().checkpoint.as_directory() as d:
+            matrices.append(json.loads((Path(d) / "cm.json").read_text()))
+    assert matrices[0] == matrices[1]
+    for domain, mat in matrices[0].items():  # every val pixel counted exactly once
+        rows = data[domain].val.take_all()
+        labeled = sum(int((r["label"] != 255).sum()) for r in rows)
+        assert sum(map(sum, mat)) == labeled
+
+
+COARSE = {  # Cityscapes' 7 categories, as a custom `folder` dataset with its own classes
+    "flat": ["road", "sidewalk", "parking", "rail track"],
+    "construction": ["building", "wall", "fence", "guard rail", "bridge", "tunnel"],
+    "object": ["pole", "polegroup", "traffic light", "traffic sign"],
+    "nature": ["vegetation", "terrain"],
+    "sky": ["sky"],
+    "human": ["person", "rider"],
+    "vehicle": ["car", "truck", "bus", "caravan", "trailer", "train", "motorcycle", "bicycle"],
+}
+
+
+def _coarse_folder_dataset(cityscapes_root: Path, out: Path) -> None:
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    from raymh.data.labels import LABEL_ID
+
+    lut = np.full(256, 255, dtype=np.uint8)
+    for i, names in enumerate(COARSE.values()):
+        for name in names:
+            lut[LABEL_ID[name]] = i
+    for split in ("train", "val"):
+        (out / "images" / split).mkdir(parents=True)
+        (out / "labels" / split).mkdir(parents=True)
+        for img in sorted((cityscapes_root / "leftImg8bit" / split).rglob("*_leftImg8bit.png")):
+            stem = img.name.replace("_leftImg8bit.png", "")
+            lab = next((cityscapes_root / "gtFine" / split).rglob(f"{stem}_gtFine_labelIds.png"))
+            (out / "images" / split / f"{stem}.png").write_bytes(img.read_bytes())
+            Image.fromarray(lut[np.asarray(Image.open(lab))]).save(out / "labels" / split / f"{stem}.png")
+    (out / "classes.yaml").write_text(yaml.safe_dump({"classes": list(COARSE)}))
+
+
+def test_a_seven_class_domain_trains_beside_nineteen_class_ones(ray_local, e2e_root, tmp_path):
+    from raymh.data.cache import synthetic_root
+
+    base = load_config("quickstart", tiny_overrides(e2e_root))
+    _coarse_folder_dataset(synthetic_root(base) / "cityscapes", tmp_path / "coarse")
+    domains = ("[{name: cityscapes, kind: cityscapes, root: cityscapes}, {name: bdd100k, kind: bdd100k, root: bdd100k},"
+               f" {{name: coarse, kind: folder, root: {tmp_path / 'coarse'}}}]")  # fmt: skip
+    cfg = load_config("quickstart", tiny_overrides(e2e_root, **{"domains": domains, "train.iters": 4,
+                                                                 "train.eval_every": 4}))  # fmt: skip
+    out = fit(cfg)
+    assert out.ok, out.error
+    state = read_state(out.checkpoint)["model"]
+    classifier = [k for k in state if k.startswith("heads.coarse.") and k.endswith(".weight")][-1]
+    assert state[classifier].shape[0] == 7
+    assert state[classifier.replace("coarse", "cityscapes")].shape[0] == 19
+    ious = {k for k in out.metrics if k.startswith("val/iou/coarse/")}
+    assert ious <= {f"val/iou/coarse/{c}" for c in COARSE} and "val/miou/coarse" in out.metrics

@@ -82,7 +82,9 @@ class MultiHeadDeepLab(nn.Module):
         out = self.heads[self._check_domain(domain)](features)
         return {"logits": out["logits"], "proj": self.projector(out["features"])}
 
-    def forward(self, x, domain: str | None = None, *, joint: bool = True):
+    def forward(
+        self, x: torch.Tensor | Mapping[str, torch.Tensor], domain: str | None = None, *, joint: bool = True
+    ) -> dict:
         """model(x, domain) -> {"logits": (B,C_d,H/4,W/4), "proj": (B,proj_dim,H/8,W/8), unit-norm over channels}.
 
         model({domain: x_d, ...}) -> {domain: {"logits", "proj"}}: `forward_domains` (joint=True, one trunk
@@ -96,7 +98,9 @@ class MultiHeadDeepLab(nn.Module):
                 return self.forward_domains(x)
             return {d: self.head(self.trunk(xd), self._check_domain(d)) for d, xd in x.items()}
         if domain is None:
-            raise ValueError(f"model(x, domain) needs a domain name; this model has heads for {list(self.domains)}")
+            raise ValueError(
+                f"model(x, domain) needs a domain name; this model has heads for {list(self.domains)}"
+            )
         self._check_domain(domain)
         return self.head(self.trunk(x), domain)
 

@@ -65,8 +65,8 @@ def init_ray(cfg: ExperimentConfig, address: str | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     env = {"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}
-    if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=True)
+    if address:  # a cluster, or a `ray job submit` job: the job's runtime_env applies, do not add one
+        ray.init(address=address, log_to_driver=True)
         return
     s = cfg.scaling
     # Logical CPUs: the workers' own plus room for Ray Data's decode/augment tasks (they share the cores).
@@ -150,6 +150,10 @@ def build_trainer(
         for part in ("labeled", "unlabeled", "val"):
             datasets[dataset_name(name, part)] = getattr(dd, part)
         to_split += [dataset_name(name, "labeled"), dataset_name(name, "unlabeled")]
+    if cfg.scaling.num_workers == 1:
+        # One worker reads everything: no streaming_split, so no split-coordinator actor per dataset (six
+        # of them cost over a core here); the worker runs the Ray Data executors itself.
+        to_split = []
     s = cfg.scaling
     resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
     run_dir = Path(storage_root(cfg)) / run_name if "://" not in storage_root(cfg) else None

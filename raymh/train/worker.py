@@ -35,9 +35,16 @@ class NonFiniteLossError(RuntimeError):
     """The Mix Loss became NaN or infinite; the message names the step and the domain terms."""
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls/convs run natively: any CUDA GPU, or a CPU with AVX512-BF16 or AMX."""
+    if device.type == "cuda":
+        return True
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def precision_settings(cfg, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, channels_last): bf16 + channels_last on GPU under 'auto', fp32 on CPU."""
-    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+    """(autocast dtype or None, channels_last): under 'auto', bf16 + channels_last where bf16 is native, else fp32."""
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and native_bf16(device))
     channels_last = cfg.train.channels_last if cfg.train.channels_last is not None else bf16
     return (torch.bfloat16 if bf16 else None), channels_last
 

@@ -95,7 +95,7 @@ def run_sweep(
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
-            ray.init(address=address, runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
+            ray.init(address=address)  # the job's or cluster's runtime_env applies
         else:
             s = base_cfg.scaling
             per_trial = space.resources.cpu + s.num_workers * s.cpus_per_worker + 1
