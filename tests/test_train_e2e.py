@@ -45,7 +45,7 @@ def test_two_workers_lower_the_loss_and_log_to_mlflow(ray_local, e2e_root):
     cfg = load_config(
         "quickstart",
         tiny_overrides(e2e_root, **{"scaling.num_workers": 2, "train.iters": 12, "train.eval_every": 6,
-                                    "loss.dc_weight": 0.1, "optim.lr": 0.02}),
+                                    "loss.dc_weight": 0.1, "optim.lr": 0.02, "tracking.log_model": True}),
     )  # fmt: skip
     out = fit(cfg)
     assert out.ok, out.error
@@ -69,6 +69,12 @@ def test_two_workers_lower_the_loss_and_log_to_mlflow(ray_local, e2e_root):
     panels = client.list_artifacts(out.mlflow_run_id, "eval/step_000012/panels")
     assert {p.path.rsplit("/", 1)[-1] for p in panels} == {"cityscapes.png", "bdd100k.png", "synscapes.png"}
     assert read_state(out.checkpoint)["step"] == 12
+    import mlflow
+    import torch
+
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pytorch.load_model(f"runs:/{out.mlflow_run_id}/model")  # the final model, logged by the driver
+    assert model(torch.zeros(1, 3, 64, 64), "bdd100k")["logits"].shape == (1, 19, 16, 16)
 
 
 def test_killed_worker_recovers_from_the_last_checkpoint(ray_local, e2e_root):

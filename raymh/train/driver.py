@@ -315,7 +315,11 @@ def _log_model(tracked: TrackedRun, checkpoint_path: str, domain_data: dict, cfg
     try:
         mlflow.set_tracking_uri(tracked.uri)
         with mlflow.start_run(run_id=tracked.run_id):
-            mlflow.pytorch.log_model(model, name="model", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+            # pickle: the model's forward takes (images, domain), which pt2 tracing from one example cannot cover
+            mlflow.pytorch.log_model(
+                model, name="model", serialization_format="pickle",
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            )  # fmt: skip
     except Exception as e:  # noqa: BLE001 - tracking trouble never loses the run: the checkpoint has the weights
         print(f"[raymh] could not log the model to MLflow ({type(e).__name__}: {e}); weights are in {checkpoint_path}",
               file=sys.stderr, flush=True)
