@@ -293,18 +293,22 @@ def test_ray_job_submit_raymh_train_with_token_auth_against_ray_start_head(tmp_p
                 break
             assert head.poll() is None and time.monotonic() < deadline, probe.stderr[-2000:]
             time.sleep(2)
-        submit = subprocess.run(
-            [
-                ray_cli, "job", "submit", "--address", address, "--working-dir", ".",
-                "--runtime-env-json", json.dumps(runtime_env), "--",
-                "raymh", "train", "--config", "quickstart", *[a for o in overrides for a in ("--set", o)],
-            ],  # fmt: skip
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        for _ in range(30):  # the head's job agent can come up after the dashboard answers
+            submit = subprocess.run(
+                [
+                    ray_cli, "job", "submit", "--address", address, "--working-dir", ".",
+                    "--runtime-env-json", json.dumps(runtime_env), "--",
+                    "raymh", "train", "--config", "quickstart", *[a for o in overrides for a in ("--set", o)],
+                ],  # fmt: skip
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            if "No available agent" not in submit.stdout + submit.stderr:
+                break
+            time.sleep(4)
         out = submit.stdout[-4000:] + submit.stderr[-3000:]
         assert submit.returncode == 0 and "succeeded" in submit.stdout.lower(), out
         assert "run submitted: finished at step 4" in submit.stdout, out

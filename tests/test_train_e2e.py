@@ -28,13 +28,21 @@ def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list) -> thread
     from ray.util.state import list_actors
 
     def go():
-        deadline = time.time() + 240
+        deadline = time.time() + 300
         while time.time() < deadline and not list(run_dir.glob("checkpoint_*/state.pt")):
             time.sleep(0.2)
-        workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "TrainWorker" in a.class_name]
-        if workers:
-            os.kill(workers[0].pid, signal.SIGKILL)
-            killed.append(workers[0].pid)
+        while time.time() < deadline and not killed:  # the state API can time out on a loaded machine
+            try:
+                alive = list_actors(filters=[("state", "=", "ALIVE")], timeout=60)
+            except Exception:  # noqa: BLE001
+                time.sleep(1)
+                continue
+            workers = [a for a in alive if "TrainWorker" in a.class_name]
+            if workers:
+                os.kill(workers[0].pid, signal.SIGKILL)
+                killed.append(workers[0].pid)
+            else:
+                time.sleep(0.5)
 
     thread = threading.Thread(target=go, daemon=True)
     thread.start()
