@@ -95,3 +95,15 @@ def load_state(
     if restore_rng:
         set_rng_state(state["rng"])
     return {"step": state["step"], "best_score": state["best_score"], "mlflow_run_id": state["mlflow_run_id"]}
+
+
+def model_from_checkpoint(directory: str | Path, model_cfg, num_classes: dict[str, int]) -> torch.nn.Module:
+    """A MultiHeadDeepLab built from the `model` config section with a checkpoint's weights, in eval mode."""
+    from raymh.model import MultiHeadDeepLab
+
+    model = MultiHeadDeepLab(
+        num_classes, backbone=model_cfg.backbone, output_stride=model_cfg.output_stride,
+        head_depth=model_cfg.head_depth, proj_dim=model_cfg.proj_dim,
+    )  # fmt: skip
+    model.load_state_dict(read_state(directory)["model"])
+    return model.eval()

@@ -302,16 +302,9 @@ def _log_model(tracked: TrackedRun, checkpoint_path: str, domain_data: dict, cfg
     import mlflow
     import torch
 
-    from raymh.model import MultiHeadDeepLab
-    from raymh.train.checkpoint import read_state
+    from raymh.train.checkpoint import model_from_checkpoint
 
-    model = MultiHeadDeepLab(
-        {name: dd.num_classes for name, dd in domain_data.items()},
-        backbone=cfg.model.backbone, output_stride=cfg.model.output_stride,
-        head_depth=cfg.model.head_depth, proj_dim=cfg.model.proj_dim,
-    )  # fmt: skip
-    model.load_state_dict(read_state(checkpoint_path)["model"])
-    model.eval()
+    model = model_from_checkpoint(checkpoint_path, cfg.model, {n: dd.num_classes for n, dd in domain_data.items()})
     try:
         mlflow.set_tracking_uri(tracked.uri)
         with mlflow.start_run(run_id=tracked.run_id):
@@ -349,8 +342,8 @@ def evaluate_checkpoint(
     import torch
 
     from raymh.data.pipeline import dataset_name, val_batches
-    from raymh.model import MultiHeadDeepLab, normalize_uint8
-    from raymh.train.checkpoint import CONFIG_FILE, read_state
+    from raymh.model import normalize_uint8
+    from raymh.train.checkpoint import CONFIG_FILE, model_from_checkpoint
     from raymh.train.evaluate import evaluate_domains, miou_metrics
 
     ckpt = find_checkpoint(checkpoint)
@@ -358,12 +351,7 @@ def evaluate_checkpoint(
     print(f"[raymh] evaluating {ckpt} on {[d.name for d in cfg.domains]} ({cfg.train.eval_mode})", flush=True)
     init_ray(cfg, address)
     data = build_domain_data(cfg)
-    model = MultiHeadDeepLab(
-        {name: dd.num_classes for name, dd in data.items()},
-        backbone=cfg.model.backbone, output_stride=cfg.model.output_stride,
-        head_depth=cfg.model.head_depth, proj_dim=cfg.model.proj_dim,
-    )  # fmt: skip
-    model.load_state_dict(read_state(ckpt)["model"])
+    model = model_from_checkpoint(ckpt, cfg.model, {n: dd.num_classes for n, dd in data.items()})
     sets = {dataset_name(n, "val"): dd.val for n, dd in data.items()}
     val = {n: val_batches(n, rank=0, world_size=1, get_shard=sets.__getitem__) for n in data}
     torch.set_num_threads(cfg.scaling.cpus_per_worker)
