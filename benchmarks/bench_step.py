@@ -62,11 +62,13 @@ def _ray_loop(config: dict) -> None:
 
     from raymh.config import config_from_dict
     from raymh.data.pipeline import StepBatches
+    from raymh.train.worker import worker_transforms
 
     cfg = config_from_dict(config["experiment"])
     torch.set_num_threads(cfg.scaling.cpus_per_worker)
     batches = StepBatches(list(config["num_classes"]), labeled_batch_size=cfg.data.labeled_batch_size,
-                          unlabeled_batch_size=cfg.data.unlabeled_batch_size)  # fmt: skip
+                          unlabeled_batch_size=cfg.data.unlabeled_batch_size,
+                          transforms=worker_transforms(cfg, seed=0), shuffle_buffer=cfg.data.shuffle_buffer)  # fmt: skip
     times = timed_steps(cfg, config["num_classes"], batches, steps=config["steps"], warmup=config["warmup"],
                         prepare=ray.train.torch.prepare_model)  # fmt: skip
     batches.close()
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     from raymh.data.pipeline import StepBatches, dataset_name
     from raymh.train.driver import build_domain_data, init_ray
+    from raymh.train.worker import worker_transforms
 
     init_ray(cfg)
     data = build_domain_data(cfg)
@@ -99,7 +102,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # Plain single-process PyTorch loop on the same Ray Data pipeline.
     torch.set_num_threads(cfg.scaling.cpus_per_worker)
     batches = StepBatches(list(num_classes), labeled_batch_size=cfg.data.labeled_batch_size,
-                          unlabeled_batch_size=cfg.data.unlabeled_batch_size, get_shard=sets.__getitem__)  # fmt: skip
+                          unlabeled_batch_size=cfg.data.unlabeled_batch_size, get_shard=sets.__getitem__,
+                          transforms=worker_transforms(cfg, seed=0), shuffle_buffer=cfg.data.shuffle_buffer)  # fmt: skip
     plain = timed_steps(cfg, num_classes, batches, steps=args.steps, warmup=args.warmup)
     batches.close()
 

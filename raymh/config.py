@@ -76,9 +76,12 @@ class LossConfig(_Section):
 
 
 class OptimConfig(_Section):
-    lr: float = Field(0.01, gt=0, description="base (backbone) learning rate, SGD")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    weight_decay: float = Field(1e-4, ge=0, description="SGD weight decay")
+    name: Literal["sgd", "adamw"] = Field(
+        "sgd", description="sgd: the method's recipe (pretrained backbones); adamw: converges faster from scratch"
+    )
+    lr: float = Field(0.01, gt=0, description="base (backbone) learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (AdamW: beta1)")
+    weight_decay: float = Field(1e-4, ge=0, description="weight decay (AdamW: decoupled)")
     head_lr_mult: float = Field(10.0, gt=0, description="lr multiplier of ASPP, decoder, heads and projection")
     poly_power: float = Field(0.9, ge=0, description="poly decay power, per iteration")
 
@@ -92,6 +95,14 @@ class DataConfig(_Section):
     scale_range: tuple[float, float] = Field((0.5, 2.0), description="labeled random scale range")
     unlabeled_scale_range: tuple[float, float] = Field((0.8, 2.0), description="crop-pair scale range")
     val_size: tuple[int, int] | None = Field(None, description="resize val images to (H, W); None: as they are")
+    transforms_on: Literal["ray_data", "worker"] = Field(
+        "ray_data",
+        description="where train batches are decoded and augmented: Ray Data CPU tasks (scales out to the "
+        "cluster's CPUs), or the train worker itself between steps (no extra processes; fastest on a few cores)",
+    )
+    shuffle_buffer: int = Field(
+        64, ge=0, description="rows in the worker's local shuffle buffer (transforms_on: worker; 0: no shuffle)"
+    )
     cache_dir: str = Field("~/.cache/raymh", description="where synthetic and auto-prepared data are cached")
     synthetic: SynthConfig | None = Field(None, description="render the built-in synthetic domains")
 

@@ -21,6 +21,7 @@ from raymh.data.pipeline import (
     dataset_name,
     datasets_to_split,
     shard_of,
+    train_transforms,
     val_batches,
     write_split_lists,
 )
@@ -252,6 +253,47 @@ def test_step_batches_every_domain_and_epoch_rollover(ray_session, prepared, tmp
     assert steps.epochs[("toy", "labeled")] >= 1 and steps.epochs[("other", "labeled")] >= 1
     assert sorted(labeled_seen["toy"]) == sorted(data["toy"].labeled_ids * 2)  # the same 2 rows, 2 epochs
     steps.close()
+
+
+def test_worker_transforms_mode_yields_encoded_rows_and_seeded_batches(ray_session, prepared):
+    """transforms_on="worker": the train sets hold encoded rows (repeated, cached); StepBatches decodes and
+    augments them with train_transforms, whose stream is fixed by its seed."""
+    dd = _build(prepared, min_rows=5, match_unlabeled=True, cache_encoded=True, transforms_on="worker")
+    rows = dd.labeled.take_batch(20, batch_format="numpy")
+    assert set(rows) == {"id", "image", "label"} and isinstance(rows["image"][0], bytes)
+    assert sorted(rows["id"]) == sorted(dd.labeled_ids * 5)  # repeated before caching, like the ray_data mode
+    assert set(dd.unlabeled.take_batch(1, batch_format="numpy")) == {"id", "image"}
+
+    shards = {dataset_name("toy", p): getattr(dd, p) for p in ("labeled", "unlabeled")}
+
+    def first_steps(seed, n=3):
+        fns = train_transforms(crop_size=CROP, scale_range=(0.5, 1.5), unlabeled_scale_range=(0.8, 1.2), seed=seed)
+        steps = StepBatches(["toy"], labeled_batch_size=2, unlabeled_batch_size=2, get_shard=shards.get,
+                            transforms=fns, shuffle_buffer=0, keep_ids=True)  # fmt: skip
+        out = [next(steps)["toy"] for _ in range(n)]
+        steps.close()
+        return out
+
+    a, b, c = first_steps(0), first_steps(0), first_steps(1)
+    lab, unl = a[0]["labeled"], a[0]["unlabeled"]
+    assert tuple(lab["image"].shape) == (2, 3, *CROP) and str(lab["image"].dtype) == "torch.uint8"
+    assert str(lab["label"].dtype) == "torch.int64" and set(lab["label"].unique().tolist()) <= {0, 1, 2, 255}
+    assert tuple(unl["image1"].shape) == (2, 3, *CROP) and tuple(unl["box1"].shape) == (2, 4)
+    assert set(lab["id"]) <= set(dd.labeled_ids) and set(unl["id"]) <= set(dd.unlabeled_ids)
+    # shuffle_buffer=0 keeps the row order, so the seed alone decides the crops
+    for x, y in zip(a, b, strict=True):
+        assert x["labeled"]["id"] == y["labeled"]["id"]
+        assert (x["labeled"]["image"] == y["labeled"]["image"]).all()
+        assert (x["unlabeled"]["box1"] == y["unlabeled"]["box1"]).all()
+    assert any((x["labeled"]["image"] != z["labeled"]["image"]).any() for x, z in zip(a, c, strict=True))
+
+
+def test_transforms_on_is_checked(prepared):
+    with pytest.raises(ValueError, match="transforms_on must be 'ray_data' or 'worker'"):
+        _build(prepared, transforms_on="gpu")
+    with pytest.raises(ValueError, match="transforms needs 'labeled' and 'unlabeled'"):
+        StepBatches(["toy"], labeled_batch_size=1, unlabeled_batch_size=1, get_shard={}.get,
+                    transforms={"labeled": lambda b: b})  # fmt: skip
 
 
 @pytest.mark.slow

@@ -53,7 +53,10 @@ def test_two_workers_lower_the_loss_and_log_to_mlflow(ray_local, e2e_root):
     cfg = load_config(
         "quickstart",
         tiny_overrides(e2e_root, **{"scaling.num_workers": 2, "train.iters": 12, "train.eval_every": 6,
-                                    "loss.dc_weight": 0.1, "optim.lr": 0.02, "tracking.log_model": True}),
+                                    "loss.dc_weight": 0.1, "optim.lr": 0.002, "tracking.log_model": True,
+                                    # the other runs here augment in the worker: this one covers Ray Data's
+                                    # decode/augment tasks and the streaming_split of their output
+                                    "data.transforms_on": "ray_data"}),
     )  # fmt: skip
     out = fit(cfg)
     assert out.ok, out.error

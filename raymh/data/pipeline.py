@@ -9,13 +9,14 @@ Validation is not split: every rank reads it all and keeps the ids that hash to 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import math
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,9 +95,9 @@ def _decode_pair(sample_id: str, image: bytes, label: bytes | None) -> tuple[np.
     return img, lab
 
 
-def _labeled_batch(batch: dict[str, np.ndarray], *, crop_size, scale_range) -> dict[str, np.ndarray]:
+def _labeled_batch(batch: dict[str, np.ndarray], *, crop_size, scale_range, rng=None) -> dict[str, np.ndarray]:
     """Decode and scale/crop/flip a batch of labeled rows -> image (B,3,h,w), label (B,h,w) uint8."""
-    rng, images, labels = _rng(), [], []
+    rng, images, labels = rng or _rng(), [], []
     for sid, image, label in zip(_ids(batch), batch["image"], batch["label"], strict=True):
         img, lab = _decode_pair(sid, image, label)
         img, lab = scale_crop_flip(img, lab, rng=rng, crop_size=crop_size, scale_range=scale_range)
@@ -109,9 +110,9 @@ def _labeled_batch(batch: dict[str, np.ndarray], *, crop_size, scale_range) -> d
     }
 
 
-def _unlabeled_batch(batch: dict[str, np.ndarray], *, crop_size, scale_range) -> dict[str, np.ndarray]:
+def _unlabeled_batch(batch: dict[str, np.ndarray], *, crop_size, scale_range, rng=None) -> dict[str, np.ndarray]:
     """Decode and cut an overlapping crop pair per row (DESIGN.md section 1 item 1)."""
-    rng = _rng()
+    rng = rng or _rng()
     pairs = [
         overlap_crop_pair(decode_image(image), rng=rng, crop_size=crop_size, scale_range=scale_range)
         for image in batch["image"]
@@ -181,9 +182,15 @@ def _check_crop(size: Sequence[int], name: str) -> tuple[int, int]:
 
 
 def _train_set(
-    files, ids, *, columns, fn, fn_kwargs, min_rows, shuffle, map_batch_size, num_cpus, cache_encoded, what
+    files, ids, *, columns, fn, fn_kwargs, min_rows, shuffle, map_batch_size, num_cpus, cache_encoded, what,
+    transforms_on="ray_data",
 ):
-    """read -> keep ids (repeated up to min_rows) [-> cache] -> shuffle -> small blocks -> decode + augment."""
+    """read -> keep ids (repeated up to min_rows) [-> cache] -> shuffle -> small blocks -> decode + augment.
+
+    transforms_on="worker": stop after the (cached, repeated) encoded rows; the train worker decodes and
+    augments them itself (`StepBatches(transforms=...)`) and shuffles with a local buffer, so an epoch is a
+    read of object-store blocks with no Ray tasks at all.
+    """
     import ray.data
 
     repeat = max(1, math.ceil(min_rows / len(ids)))
@@ -196,6 +203,12 @@ def _train_set(
         .select_columns(columns)
         .map_batches(_select_rows, batch_format="pyarrow", batch_size=None, fn_kwargs={"ids": ids})
     )
+    if transforms_on == "worker":
+        if repeat > 1:
+            ds = ds.map_batches(
+                _repeat_rows, batch_format="pyarrow", batch_size=None, fn_kwargs={"repeat": repeat}
+            )
+        return ds.materialize() if cache_encoded else ds
     if cache_encoded:
         ds = ds.materialize()  # encoded rows held in the object store: epochs skip listing and reading files
     if repeat > 1:
@@ -206,6 +219,28 @@ def _train_set(
         ds = ds.random_shuffle()  # a new order every epoch (seed None)
     ds = ds.repartition(target_num_rows_per_block=map_batch_size)  # parallel decode even from one file
     return ds.map_batches(fn, batch_size=map_batch_size, fn_kwargs=fn_kwargs, num_cpus=num_cpus)
+
+
+def train_transforms(
+    *,
+    crop_size: Sequence[int],
+    unlabeled_crop_size: Sequence[int] | None = None,
+    scale_range: Sequence[float],
+    unlabeled_scale_range: Sequence[float],
+    seed: int | None = None,
+) -> dict[str, Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]]:
+    """{"labeled": fn, "unlabeled": fn}: the decode + augment functions of `build_domain_data`'s train sets,
+    for `StepBatches(transforms=...)` when they run in the train worker (data.transforms_on: worker).
+    One seeded generator drives both, so a worker's augmentation stream is reproducible from `seed`."""
+    crop = _check_crop(crop_size, "crop_size")
+    crop_u = _check_crop(unlabeled_crop_size or crop, "unlabeled_crop_size")
+    rng = np.random.default_rng(seed)
+    return {
+        "labeled": functools.partial(_labeled_batch, crop_size=crop, scale_range=tuple(scale_range), rng=rng),
+        "unlabeled": functools.partial(
+            _unlabeled_batch, crop_size=crop_u, scale_range=tuple(unlabeled_scale_range), rng=rng
+        ),
+    }
 
 
 def build_domain_data(
@@ -227,6 +262,7 @@ def build_domain_data(
     match_unlabeled: bool = True,
     cache_encoded: bool = True,
     materialize_val: bool = True,
+    transforms_on: str = "ray_data",
 ) -> DomainData:
     """One domain's labeled / unlabeled / val Ray Datasets from a prepared dir (DESIGN.md section 2).
 
@@ -240,6 +276,9 @@ def build_domain_data(
     store memory of the encoded train split, once (Ray spills it to disk when short).
     materialize_val: decode the val split once into the object store (object-store memory of the decoded
     val images; pass val_size or False for very large val sets).
+    transforms_on: "ray_data" (train sets yield decoded, augmented batches from Ray Data CPU tasks) or
+    "worker" (train sets yield encoded rows, cached after repeating; the train worker decodes and augments
+    them with `train_transforms`: no Ray Data tasks while training, the fastest choice on a few cores).
     """
     import ray.data
 
@@ -251,6 +290,8 @@ def build_domain_data(
     crop_u = _check_crop(unlabeled_crop_size or crop, "unlabeled_crop_size")
     if min_rows < 1:
         raise ValueError(f"min_rows must be >= 1 (batch_size * num_workers), got {min_rows}")
+    if transforms_on not in ("ray_data", "worker"):
+        raise ValueError(f"transforms_on must be 'ray_data' or 'worker', got {transforms_on!r}")
 
     train_ids, with_label = _scan_ids(train_files)
     val_ids, _ = _scan_ids(val_files)
@@ -276,6 +317,7 @@ def build_domain_data(
         "shuffle": shuffle,
         "map_batch_size": map_batch_size,
         "num_cpus": num_cpus_per_task,
+        "transforms_on": transforms_on,
     }
     labeled_ds = _train_set(
         train_files, labeled, columns=["id", "image", "label"], fn=_labeled_batch,
@@ -327,7 +369,9 @@ def _default_get_shard() -> Callable[[str], Any]:
     return ray.train.get_dataset_shard
 
 
-def _iter_numpy(shard: Any, *, batch_size: int, drop_last: bool, prefetch_batches: int) -> Iterator[dict]:
+def _iter_numpy(
+    shard: Any, *, batch_size: int, drop_last: bool, prefetch_batches: int, shuffle_buffer: int | None = None
+) -> Iterator[dict]:
     """Batches of a DataIterator / Dataset (or anything with iter_batches / iter_torch_batches)."""
     if hasattr(shard, "iter_batches"):
         return iter(
@@ -336,6 +380,7 @@ def _iter_numpy(shard: Any, *, batch_size: int, drop_last: bool, prefetch_batche
                 batch_format="numpy",
                 drop_last=drop_last,
                 prefetch_batches=prefetch_batches,
+                **({"local_shuffle_buffer_size": shuffle_buffer} if shuffle_buffer else {}),
             )
         )
     if hasattr(shard, "iter_torch_batches"):
@@ -374,9 +419,20 @@ class _ShardFeeder:
     rank before any rank can wait on the next epoch, so the barrier cannot deadlock.
     """
 
-    def __init__(self, shard: Any, *, name: str, batch_size: int, depth: int, keep_ids: bool) -> None:
+    def __init__(
+        self,
+        shard: Any,
+        *,
+        name: str,
+        batch_size: int,
+        depth: int,
+        keep_ids: bool,
+        raw: bool = False,
+        shuffle_buffer: int | None = None,
+    ) -> None:
         self.name, self.epochs = name, 0
         self._shard, self._batch_size, self._keep_ids = shard, batch_size, keep_ids
+        self._raw, self._shuffle_buffer = raw, shuffle_buffer  # raw: hand numpy batches over as they come
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"raymh-feed-{name}", daemon=True)
@@ -396,12 +452,17 @@ class _ShardFeeder:
             while not self._stop.is_set():
                 n = 0
                 batches = _iter_numpy(
-                    self._shard, batch_size=self._batch_size, drop_last=True, prefetch_batches=1
+                    self._shard,
+                    batch_size=self._batch_size,
+                    drop_last=True,
+                    prefetch_batches=1,
+                    shuffle_buffer=self._shuffle_buffer,
                 )
                 try:
                     for batch in batches:
                         n += 1
-                        if not self._put(_to_torch(batch, device=None, keep_ids=self._keep_ids)):
+                        item = batch if self._raw else _to_torch(batch, device=None, keep_ids=self._keep_ids)
+                        if not self._put(item):
                             return
                 finally:
                     close = getattr(batches, "close", None)
@@ -441,6 +502,11 @@ class StepBatches:
     of all sets overlap each other and the training step. With `streaming_split(equal=True)` (what
     DataConfig uses) every rank's shard has the same row count, hence the same batches per epoch, and the
     ranks' epochs roll over together without deadlock (see `_ShardFeeder`). Labels come as int64.
+
+    transforms: {"labeled": fn, "unlabeled": fn} (`train_transforms`) when the shards hold encoded rows
+    (data.transforms_on: worker): the feeders then only fetch rows (shuffled through a local buffer of
+    shuffle_buffer rows; 0 or None: in the set's order) and next() decodes and augments them here, in the caller's thread, so the work
+    never competes with the training step's threads and follows the transforms' seeded generator.
     """
 
     def __init__(
@@ -453,6 +519,8 @@ class StepBatches:
         device: Any = "cpu",
         prefetch_batches: int = 2,
         keep_ids: bool = False,
+        transforms: Mapping[str, Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]] | None = None,
+        shuffle_buffer: int | None = 64,
     ) -> None:
         if not domains:
             raise ValueError("StepBatches needs at least one domain")
@@ -466,6 +534,10 @@ class StepBatches:
         self._device = device
         self._depth = prefetch_batches
         self._keep_ids = keep_ids
+        if transforms is not None and set(transforms) != {"labeled", "unlabeled"}:
+            raise ValueError(f"transforms needs 'labeled' and 'unlabeled' functions, got {sorted(transforms)}")
+        self._transforms = transforms
+        self._shuffle_buffer = shuffle_buffer
         self._feeders: dict[tuple[str, str], _ShardFeeder] = {}
 
     def __iter__(self) -> StepBatches:
@@ -491,6 +563,8 @@ class StepBatches:
                     batch_size=self.batch_sizes[part],
                     depth=self._depth,
                     keep_ids=self._keep_ids,
+                    raw=self._transforms is not None,
+                    shuffle_buffer=(self._shuffle_buffer or None) if self._transforms is not None else None,
                 )
 
     def __next__(self) -> dict[str, dict[str, dict[str, Any]]]:
@@ -501,6 +575,8 @@ class StepBatches:
             out[domain] = {}
             for part in ("labeled", "unlabeled"):
                 batch = self._feeders[(domain, part)].get()
+                if self._transforms is not None:
+                    batch = _to_torch(self._transforms[part](batch), device=None, keep_ids=self._keep_ids)
                 out[domain][part] = {
                     k: v.to(self._device, non_blocking=True) if hasattr(v, "to") else v
                     for k, v in batch.items()

@@ -71,7 +71,9 @@ def init_ray(cfg: ExperimentConfig, address: str | None = None) -> None:
     s = cfg.scaling
     # Logical CPUs: the workers' own plus room for Ray Data's decode/augment tasks (they share the cores).
     num_cpus = max(os.cpu_count() or 1, s.num_workers * s.cpus_per_worker + 2)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
+    # The dashboard also serves Ray's state API, which Train V2's placement-group cleaner polls: without it
+    # the cleaner logs a warning every few seconds for the whole run.
+    ray.init(num_cpus=num_cpus, include_dashboard=True, runtime_env=env, log_to_driver=True)
 
 
 def _git_commit() -> str | None:
@@ -125,6 +127,7 @@ def build_domain_data(cfg: ExperimentConfig) -> dict[str, Any]:
             val_size=tuple(cfg.data.val_size) if cfg.data.val_size else None,
             min_rows=min_rows,
             num_cpus_per_task=cfg.scaling.data_cpus or 1,
+            transforms_on=cfg.data.transforms_on,
         )
         for d in cfg.domains
     }

@@ -1,4 +1,4 @@
-"""SGD with the method's recipe and the poly learning-rate schedule (per iteration)."""
+"""The optimizer (SGD, the method's recipe, or AdamW) and the poly learning-rate schedule (per iteration)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from raymh.config import OptimConfig
 from raymh.model import param_groups
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
-    """SGD (momentum, weight decay); backbone at lr, ASPP/decoder/heads/projection at lr * head_lr_mult."""
-    return torch.optim.SGD(
-        param_groups(model, cfg.lr, cfg.head_lr_mult), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, weight decay) or AdamW (beta1 = momentum, decoupled weight decay); backbone at lr,
+    ASPP/decoder/heads/projection at lr * head_lr_mult."""
+    groups = param_groups(model, cfg.lr, cfg.head_lr_mult)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def poly_scheduler(optimizer: torch.optim.Optimizer, *, total_iters: int, power: float) -> torch.optim.lr_scheduler.LambdaLR:

@@ -7,8 +7,10 @@ rank 0 passing the checkpoint. A restarted worker group resumes from `ray.train.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from raymh.config import config_from_dict, to_yaml
-from raymh.data.pipeline import StepBatches, val_batches
+from raymh.data.pipeline import StepBatches, train_transforms, val_batches
 from raymh.model import MultiHeadDeepLab, normalize_uint8
 from raymh.train import artifacts
 from raymh.train.checkpoint import load_state, save_state, unwrap
@@ -55,6 +57,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def worker_transforms(cfg, *, seed: int):
+    """The decode + augment functions StepBatches applies when data.transforms_on is 'worker', else None."""
+    if cfg.data.transforms_on != "worker":
+        return None
+    return train_transforms(
+        crop_size=cfg.data.crop_size,
+        scale_range=cfg.data.scale_range,
+        unlabeled_scale_range=cfg.data.unlabeled_scale_range,
+        seed=seed,
+    )
+
+
 def _all_ranks_finite(value: torch.Tensor, world: int) -> bool:
     flag = torch.tensor([0.0 if torch.isfinite(value).item() else 1.0])
     if world > 1:
@@ -64,7 +78,24 @@ def _all_ranks_finite(value: torch.Tensor, world: int) -> bool:
     return flag.item() == 0.0
 
 
+def say(message: str) -> None:
+    """A progress line for the driver's console, printed once.
+
+    Train V2 patches `print` in workers to log through the root logger and, when something has wrapped
+    sys.stdout, to print as well; both reach the driver, so every line showed twice. Writing to the real
+    stdout bypasses the patch; Ray forwards it to the driver once."""
+    print(f"[raymh] {message}", file=sys.__stdout__, flush=True)
+
+
+def quiet_ray_logs() -> None:
+    """Keep the driver's console to raymh's progress: Ray Data logs every epoch restart of every set and Ray
+    Train every report with all its metrics (both at INFO, forwarded to the driver); warnings still show."""
+    for name in ("ray.data", "ray.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    quiet_ray_logs()
     cfg = config_from_dict(config["experiment"])
     domains: dict[str, dict] = config["domains"]  # name -> {"num_classes", "classes", "palette"}
     ctx = ray.train.get_context()
@@ -98,7 +129,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         seed_everything(cfg.train.seed + rank + 7919 * restored["step"])  # fresh, reproducible streams
         start, best = restored["step"], restored["best_score"]
         if rank == 0:
-            print(f"[raymh] resumed from checkpoint at step {start}/{cfg.train.iters}", flush=True)
+            say(f"resumed from checkpoint at step {start}/{cfg.train.iters}")
 
     tracked = None
     if rank == 0 and config.get("mlflow"):
@@ -110,6 +141,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         labeled_batch_size=cfg.data.labeled_batch_size,
         unlabeled_batch_size=cfg.data.unlabeled_batch_size,
         device=device,
+        transforms=worker_transforms(cfg, seed=cfg.train.seed + rank + 7919 * start),
+        shuffle_buffer=cfg.data.shuffle_buffer,
     )
     model.train()
     t_log, images_since = time.perf_counter(), 0
@@ -142,7 +175,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if tracked:
                 tracked.log_metrics(metrics, step=done)
             terms = " ".join(f"{k}={v:.3f}" for k, v in out.parts.items() if k != "dc_weight")
-            print(f"[raymh] step {done}/{cfg.train.iters} eta {eta / 60:.1f}m {terms} {ips:.1f} img/s", flush=True)
+            say(f"step {done}/{cfg.train.iters} eta {eta / 60:.1f}m {terms} {ips:.1f} img/s")
             t_log, images_since = now, 0
 
         if done % cfg.train.eval_every == 0 or done == cfg.train.iters:
@@ -180,7 +213,7 @@ def _evaluate(model, cfg, domains, device, autocast_dtype, channels_last, rank, 
         }
     if rank == 0:
         table = " ".join(f"{d}={metrics[f'val/miou/{d}']:.3f}" for d in domains)
-        print(f"[raymh] eval step {step}: mIoU {table} mean={metrics['val/miou_mean']:.3f}", flush=True)
+        say(f"eval step {step}: mIoU {table} mean={metrics['val/miou_mean']:.3f}")
         if tracked:
             tracked.log_metrics(metrics, step=step)
             with tempfile.TemporaryDirectory() as tmp:
