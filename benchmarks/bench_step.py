@@ -1,8 +1,8 @@
 """Ray Train overhead: the Mix Loss training step run through TorchTrainer (1 worker) vs a plain loop.
 
-Both sides run the identical step (`raymh.train.step.mix_loss_step` + SGD) on the same config and the
-same Ray Data pipeline (per-domain labeled and crop-pair batches), with the same torch thread count, in
-one run. Timed: wall time of each step (next batch, forward, backward, optimizer), after warmup.
+Both sides run the identical step (`raymh.train.step.mix_loss_step` + the config's optimizer, with the
+worker loop's precision) on the same config and the same Ray Data pipeline (per-domain labeled and
+crop-pair batches, decoded where `data.transforms_on` says), with the same torch thread count, in one run. Timed: wall time of each step (next batch, forward, backward, optimizer), after warmup.
 Last line: `step: ray_overhead=<percent>`.
 
     python benchmarks/bench_step.py [--steps 30] [--warmup 5] [--set key=value ...]
@@ -34,6 +34,7 @@ def timed_steps(cfg: ExperimentConfig, num_classes: dict[str, int], batches, *, 
     from raymh.train.checkpoint import unwrap
     from raymh.train.optim import build_optimizer, poly_scheduler
     from raymh.train.step import mix_loss_step
+    from raymh.train.worker import precision_settings
 
     torch.manual_seed(0)
     model = MultiHeadDeepLab(num_classes, backbone=cfg.model.backbone, output_stride=cfg.model.output_stride,
@@ -43,10 +44,13 @@ def timed_steps(cfg: ExperimentConfig, num_classes: dict[str, int], batches, *, 
     opt = build_optimizer(unwrap(model), cfg.optim)
     sched = poly_scheduler(opt, total_iters=warmup + steps, power=cfg.optim.poly_power)
     model.train()
+    autocast_dtype, channels_last = precision_settings(cfg, torch.device("cpu"))  # as the worker loop does
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     times = []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        out = mix_loss_step(model, next(batches), cfg, step=i)
+        out = mix_loss_step(model, next(batches), cfg, step=i, autocast_dtype=autocast_dtype, channels_last=channels_last)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
@@ -114,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                                "steps": args.steps, "warmup": args.warmup},  # fmt: skip
             scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
             datasets=sets,
-            dataset_config=ray.train.DataConfig(datasets_to_split=list(sets)),
+            # as raymh.train.driver.build_trainer: one worker reads the sets whole (no split coordinators)
+            dataset_config=ray.train.DataConfig(datasets_to_split=[]),
             run_config=ray.train.RunConfig(name="bench_step", storage_path=storage),
         )
         result = trainer.fit()

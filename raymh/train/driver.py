@@ -10,6 +10,7 @@ the explicit way to continue one.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -113,6 +114,7 @@ def build_domain_data(cfg: ExperimentConfig) -> dict[str, Any]:
     from raymh.data.pipeline import build_domain_data as build_one
 
     prepared = prepared_dirs(cfg)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines drown raymh's own
     min_rows = cfg.scaling.num_workers * max(cfg.data.labeled_batch_size, cfg.data.unlabeled_batch_size)
     return {
         d.name: build_one(

@@ -90,7 +90,7 @@ def say(message: str) -> None:
 def quiet_ray_logs() -> None:
     """Keep the driver's console to raymh's progress: Ray Data logs every epoch restart of every set and Ray
     Train every report with all its metrics (both at INFO, forwarded to the driver); warnings still show."""
-    for name in ("ray.data", "ray.train"):
+    for name in ("ray.data", "ray.train", "ray.train.v2._internal.execution.context"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
