@@ -25,6 +25,7 @@ def test_quick_sweep_logs_a_parent_and_one_child_per_trial(ray_local, e2e_root, 
     out = run_sweep(
         "quickstart", str(SPACE), overrides=overrides + ["train.iters=4", "train.eval_every=2"],
         num_samples=2, export_best=str(best_file),
+        max_concurrent=2,  # the two trials' start-ups (mostly waiting) overlap
     )  # fmt: skip
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     parent = client.get_run(out["parent_run_id"])

@@ -181,6 +181,23 @@ def _check_crop(size: Sequence[int], name: str) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+def _cached_rows(files: list[str], ids: list[str], *, columns: list[str], repeat: int):
+    """The rows of `ids` from the Parquet files, put in the object store one file at a time, as a Dataset
+    whose block list names every block `repeat` times (repeating costs no memory). No Ray Data execution:
+    a few Parquet reads here instead of a read/filter/materialize run per set (seconds each on 2 cores)."""
+    import ray
+    import ray.data
+
+    wanted = pa.array(ids, type=pa.string())
+    refs = []
+    for path in files:
+        table = pq.read_table(path, columns=columns)
+        table = table.filter(pc.is_in(table["id"], value_set=wanted))
+        if table.num_rows:
+            refs.append(ray.put(table))
+    return ray.data.from_arrow_refs(refs * repeat)
+
+
 def _train_set(
     files, ids, *, columns, fn, fn_kwargs, min_rows, shuffle, map_batch_size, num_cpus, cache_encoded, what,
     transforms_on="ray_data",
@@ -204,11 +221,13 @@ def _train_set(
         .map_batches(_select_rows, batch_format="pyarrow", batch_size=None, fn_kwargs={"ids": ids})
     )
     if transforms_on == "worker":
+        if cache_encoded:
+            return _cached_rows(files, ids, columns=columns, repeat=repeat)
         if repeat > 1:
             ds = ds.map_batches(
                 _repeat_rows, batch_format="pyarrow", batch_size=None, fn_kwargs={"repeat": repeat}
             )
-        return ds.materialize() if cache_encoded else ds
+        return ds
     if cache_encoded:
         ds = ds.materialize()  # encoded rows held in the object store: epochs skip listing and reading files
     if repeat > 1:
