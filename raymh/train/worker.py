@@ -90,7 +90,14 @@ def say(message: str) -> None:
 def quiet_ray_logs() -> None:
     """Keep the driver's console to raymh's progress: Ray Data logs every epoch restart of every set and Ray
     Train every report with all its metrics (both at INFO, forwarded to the driver); warnings still show."""
-    for name in ("ray.data", "ray.train", "ray.train.v2._internal.execution.context"):
+    names = ["ray.data", "ray.train"]
+    try:  # Train V2's report line comes from a logger named by its module's file path (Ray 2.60)
+        from ray.train.v2._internal.execution import context as train_context
+
+        names.append(train_context.__file__)
+    except ImportError:  # a private module: other Ray versions may move it; the line then just shows
+        pass
+    for name in names:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
