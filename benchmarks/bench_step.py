@@ -2,7 +2,8 @@
 
 Both sides run the identical step (`raymh.train.step.mix_loss_step` + the config's optimizer, with the
 worker loop's precision) on the same config and the same Ray Data pipeline (per-domain labeled and
-crop-pair batches, decoded where `data.transforms_on` says), with the same torch thread count, in one run. Timed: wall time of each step (next batch, forward, backward, optimizer), after warmup.
+crop-pair batches, decoded where `data.transforms_on` says), with the same torch thread count, in one
+run. Timed: wall time of each step (next batch, forward, backward, optimizer), after warmup.
 Last line: `step: ray_overhead=<percent>`.
 
     python benchmarks/bench_step.py [--steps 30] [--warmup 5] [--set key=value ...]

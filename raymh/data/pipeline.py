@@ -188,11 +188,9 @@ def _cached_rows(files: list[str], ids: list[str], *, columns: list[str], repeat
     import ray
     import ray.data
 
-    wanted = pa.array(ids, type=pa.string())
     refs = []
     for path in files:
-        table = pq.read_table(path, columns=columns)
-        table = table.filter(pc.is_in(table["id"], value_set=wanted))
+        table = _select_rows(pq.read_table(path, columns=columns), ids=ids)
         if table.num_rows:
             refs.append(ray.put(table))
     return ray.data.from_arrow_refs(refs * repeat)
@@ -215,14 +213,14 @@ def _train_set(
         logger.info(
             "%s: %d rows repeated %d times to reach %d rows per epoch", what, len(ids), repeat, min_rows
         )
+    if transforms_on == "worker" and cache_encoded:
+        return _cached_rows(files, ids, columns=columns, repeat=repeat)
     ds = (
         ray.data.read_parquet(files)
         .select_columns(columns)
         .map_batches(_select_rows, batch_format="pyarrow", batch_size=None, fn_kwargs={"ids": ids})
     )
     if transforms_on == "worker":
-        if cache_encoded:
-            return _cached_rows(files, ids, columns=columns, repeat=repeat)
         if repeat > 1:
             ds = ds.map_batches(
                 _repeat_rows, batch_format="pyarrow", batch_size=None, fn_kwargs={"repeat": repeat}
@@ -524,8 +522,9 @@ class StepBatches:
 
     transforms: {"labeled": fn, "unlabeled": fn} (`train_transforms`) when the shards hold encoded rows
     (data.transforms_on: worker): the feeders then only fetch rows (shuffled through a local buffer of
-    shuffle_buffer rows; 0 or None: in the set's order) and next() decodes and augments them here, in the caller's thread, so the work
-    never competes with the training step's threads and follows the transforms' seeded generator.
+    shuffle_buffer rows; 0 or None: in the set's order) and next() decodes and augments them here, in the
+    caller's thread, so the work never competes with the training step's threads and follows the
+    transforms' seeded generator.
     """
 
     def __init__(

@@ -59,8 +59,9 @@ def fresh_run_name(cfg: ExperimentConfig) -> str:
     return f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def init_ray(cfg: ExperimentConfig, address: str | None = None) -> None:
-    """Join the cluster at `address` / RAY_ADDRESS, else start a local Ray sized for the workers plus data tasks."""
+def init_ray(cfg: ExperimentConfig, address: str | None = None, *, num_cpus: int | None = None) -> None:
+    """Join the cluster at `address` / RAY_ADDRESS, else start a local Ray with `num_cpus` logical CPUs
+    (default: sized for the config's workers plus data tasks)."""
     import ray
 
     if ray.is_initialized():
@@ -72,7 +73,7 @@ def init_ray(cfg: ExperimentConfig, address: str | None = None) -> None:
         return
     s = cfg.scaling
     # Logical CPUs: the workers' own plus room for Ray Data's decode/augment tasks (they share the cores).
-    num_cpus = max(os.cpu_count() or 1, s.num_workers * s.cpus_per_worker + 2)
+    num_cpus = num_cpus or max(os.cpu_count() or 1, s.num_workers * s.cpus_per_worker + 2)
     # The dashboard also serves Ray's state API, which Train V2's placement-group cleaner polls: without it
     # the cleaner logs a warning every few seconds for the whole run.
     ray.init(num_cpus=num_cpus, include_dashboard=True, runtime_env=env, log_to_driver=True)

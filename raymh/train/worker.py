@@ -57,6 +57,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def stream_seed(cfg, rank: int, step: int) -> int:
+    """The seed of a rank's random streams (RNGs, augmentation) from `step` on: distinct per rank, and fresh
+    but reproducible after a resume."""
+    return cfg.train.seed + rank + 7919 * step
+
+
 def worker_transforms(cfg, *, seed: int):
     """The decode + augment functions StepBatches applies when data.transforms_on is 'worker', else None."""
     if cfg.data.transforms_on != "worker":
@@ -108,7 +114,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.scaling.cpus_per_worker)  # Ray sets OMP_NUM_THREADS=1 otherwise
-    seed_everything(cfg.train.seed + rank)
+    seed_everything(stream_seed(cfg, rank, 0))
     device = ray.train.torch.get_device()
     autocast_dtype, channels_last = precision_settings(cfg, device)
 
@@ -133,8 +139,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             restored = load_state(ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler)
-        seed_everything(cfg.train.seed + rank + 7919 * restored["step"])  # fresh, reproducible streams
         start, best = restored["step"], restored["best_score"]
+        seed_everything(stream_seed(cfg, rank, start))  # fresh, reproducible streams
         if rank == 0:
             say(f"resumed from checkpoint at step {start}/{cfg.train.iters}")
 
@@ -148,7 +154,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         labeled_batch_size=cfg.data.labeled_batch_size,
         unlabeled_batch_size=cfg.data.unlabeled_batch_size,
         device=device,
-        transforms=worker_transforms(cfg, seed=cfg.train.seed + rank + 7919 * start),
+        transforms=worker_transforms(cfg, seed=stream_seed(cfg, rank, start)),
         shuffle_buffer=cfg.data.shuffle_buffer,
     )
     model.train()

@@ -74,11 +74,10 @@ def run_sweep(
     address: str | None = None,
 ) -> dict[str, Any]:
     """Validate the space against the config (before any trial), run the sweep, print and log the results."""
-    import ray
     from ray import tune
 
     from raymh.data.cache import prepared_dirs
-    from raymh.train.driver import run_tags, storage_root
+    from raymh.train.driver import init_ray, run_tags, storage_root
 
     base_raw = load_config_dict(config, overrides or [])
     space = with_overrides(load_space(space_path, base_raw), num_samples=num_samples, scheduler=scheduler)
@@ -92,16 +91,9 @@ def run_sweep(
         flush=True,
     )
 
-    if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address)  # the job's or cluster's runtime_env applies
-        else:
-            s = base_cfg.scaling
-            per_trial = space.resources.cpu + s.num_workers * s.cpus_per_worker + 1
-            num_cpus = max(os.cpu_count() or 1, math.ceil((concurrent or 1) * per_trial) + 1)
-            ray.init(num_cpus=num_cpus, include_dashboard=False,
-                     runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})  # fmt: skip
+    s = base_cfg.scaling
+    per_trial = space.resources.cpu + s.num_workers * s.cpus_per_worker + 1
+    init_ray(base_cfg, address, num_cpus=max(os.cpu_count() or 1, math.ceil((concurrent or 1) * per_trial) + 1))
     prepared_dirs(base_cfg)  # render/prepare once, before trials race for it
 
     uri = base["tracking"]["tracking_uri"]
