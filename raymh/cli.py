@@ -110,6 +110,44 @@ def tune(config, space, num_samples, scheduler, max_concurrent, overrides, expor
     )
 
 
+@main.command()
+@click.option(
+    "--table", required=True, type=click.Choice(["semi-vs-supervised", "multi-vs-single"]),
+    help="the method's Table 1 (semi vs supervised) or Table 3 (multi- vs single-domain)",
+)
+@click.option("--config", "config", default="evidence", show_default=True, help=CONFIG_HELP)
+@click.option("--seeds", type=int, default=3, show_default=True, help="training seeds per cell")
+@click.option("--first-seed", type=int, default=0, show_default=True, help="seeds are first-seed .. first-seed+seeds-1")
+@click.option("--render-seed", type=int, default=None, help="render seed of the synthetic domains (data.synthetic.seed)")
+@click.option("--fractions", default="1/8,1/4", show_default=True, help="label fractions of the rows, comma-separated")
+@click.option("--full/--no-full", default=True, show_default=True, help="semi-vs-supervised: add the full-label row")
+@click.option("--set", "overrides", multiple=True, help=SET_HELP)
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="also write the table and figures here")
+@click.option("--max-concurrent", type=int, default=None, help="runs at once (default: as the cluster's CPUs allow)")
+@click.option("--address", default=None, help="Ray cluster address")
+def reproduce(table, config, seeds, first_seed, render_seed, fractions, full, overrides, out, max_concurrent, address):
+    """Run one of the method's comparison tables (cells x seeds as a Tune grid, one MLflow parent run)."""
+    from raymh.evidence.reproduce import run_reproduce
+
+    run_reproduce(
+        table, config=config, seeds=seeds, first_seed=first_seed, render_seed=render_seed,
+        fractions=tuple(f.strip() for f in fractions.split(",") if f.strip()), full=full,
+        overrides=list(overrides), out=out, address=address, max_concurrent=max_concurrent,
+    )  # fmt: skip
+
+
+@main.command()
+@click.option("--run", "run_id", required=True, help="the MLflow parent run id that `raymh reproduce` printed")
+@click.option("--tracking-uri", default=None, help="MLflow store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="where to write (default ./evidence-<id>)")
+def report(run_id, tracking_uri, out) -> None:
+    """Rebuild a `raymh reproduce` table and its figures from MLflow alone."""
+    from raymh.evidence.report import report as build_report
+    from raymh.train.tracking import resolve_tracking_uri
+
+    build_report(run_id, uri=tracking_uri or resolve_tracking_uri(None), out=out)
+
+
 def _mount_data_group() -> None:
     from raymh.data.cli import data_group
 

@@ -111,16 +111,24 @@ def _labeled_batch(batch: dict[str, np.ndarray], *, crop_size, scale_range, rng=
 
 
 def _unlabeled_batch(batch: dict[str, np.ndarray], *, crop_size, scale_range, rng=None) -> dict[str, np.ndarray]:
-    """Decode and cut an overlapping crop pair per row (DESIGN.md section 1 item 1)."""
+    """Decode and cut an overlapping crop pair per row (DESIGN.md section 1 item 1).
+
+    When every row of the batch carries its true label (the built-in domains label every image), the
+    label is cut with the crops as label1/label2, for the pseudo-label accuracy diagnostic only."""
     rng = rng or _rng()
+    labels = batch.get("label")
+    with_labels = labels is not None and all(lab is not None for lab in labels)
     pairs = [
-        overlap_crop_pair(decode_image(image), rng=rng, crop_size=crop_size, scale_range=scale_range)
-        for image in batch["image"]
-    ]
+        overlap_crop_pair(
+            decode_image(image), rng=rng, crop_size=crop_size, scale_range=scale_range,
+            label=decode_label(labels[i]) if with_labels else None,
+        )
+        for i, image in enumerate(batch["image"])
+    ]  # fmt: skip
     out: dict[str, np.ndarray] = {"id": np.asarray(_ids(batch), dtype=object)}
     for key in ("image1", "image2"):
         out[key] = np.ascontiguousarray(np.stack([p[key] for p in pairs]).transpose(0, 3, 1, 2))
-    for key in ("box1", "box2", "valid1", "valid2"):
+    for key in ("box1", "box2", "valid1", "valid2", *(("label1", "label2") if with_labels else ())):
         out[key] = np.stack([p[key] for p in pairs])
     for key in ("flip1", "flip2"):
         out[key] = np.array([p[key] for p in pairs], dtype=bool)
@@ -342,7 +350,8 @@ def build_domain_data(
         min_rows=max(min_rows, len(unlabeled) if match_unlabeled else 0), **common,
     )  # fmt: skip
     unlabeled_ds = _train_set(
-        train_files, unlabeled, columns=["id", "image"], fn=_unlabeled_batch,
+        # labels (where rows have them) travel for the pseudo-label diagnostic only
+        train_files, unlabeled, columns=["id", "image", "label"], fn=_unlabeled_batch,
         fn_kwargs={"crop_size": crop_u, "scale_range": tuple(unlabeled_scale_range)},
         what=f"{domain}.unlabeled", min_rows=min_rows, **common,
     )  # fmt: skip

@@ -193,6 +193,7 @@ def overlap_crop_pair(
     image: np.ndarray,
     *,
     rng: np.random.Generator,
+    label: np.ndarray | None = None,
     crop_size: Sequence[int],
     scale_range: Sequence[float] = (0.8, 2.0),
     iou_range: Sequence[float] = (0.1, 1.0),
@@ -204,6 +205,8 @@ def overlap_crop_pair(
 
     Boxes are [y0, x0, y1, x1] (end-exclusive) in each crop's own frame before its flip, multiples of
     stride. image1/2 and valid1/2 are as fed to the network, i.e. flipped when flip1/2 is True.
+    label: the image's true train ids, when it has them: cut alongside as label1/2 (padding 255), for
+    diagnostics only (the accuracy of the pseudo-labels); training never reads them.
     """
     crop = _check_size(crop_size, name="crop_size")
     if crop[0] % stride or crop[1] % stride:
@@ -213,10 +216,13 @@ def overlap_crop_pair(
         )
     scale_range = _check_range(scale_range, name="scale_range", low=0.0)
     iou_range = _check_range(iou_range, name="iou_range", low=-1e-12)
-    image, _ = _random_rescale(image, None, rng=rng, scale_range=scale_range)
+    if label is not None and image.shape[:2] != label.shape:
+        raise ValueError(f"image {image.shape[:2]} and label {label.shape} sizes differ")
+    image, label = _random_rescale(image, label, rng=rng, scale_range=scale_range)
     h, w = image.shape[:2]
     valid = _pad_to(np.ones((h, w), dtype=bool), crop, fill=False)
     image = _pad_to(image, crop, fill=MEAN_COLOR)
+    label = None if label is None else _pad_to(label, crop, fill=IGNORE_INDEX)
     padded = image.shape[:2]
     pos1 = (int(rng.integers(0, padded[0] - crop[0] + 1)), int(rng.integers(0, padded[1] - crop[1] + 1)))
     offset = _draw_offset(pos1, padded, crop, rng=rng, iou_range=iou_range, tries=tries, stride=stride)
@@ -226,13 +232,17 @@ def overlap_crop_pair(
     for i, (y, x) in ((1, pos1), (2, pos2)):
         img = image[y : y + crop[0], x : x + crop[1]]
         mask = valid[y : y + crop[0], x : x + crop[1]]
+        lab = None if label is None else label[y : y + crop[0], x : x + crop[1]]
         flip = bool(rng.random() < 0.5)
         if flip:
             img, mask = img[:, ::-1], mask[:, ::-1]
+            lab = None if lab is None else lab[:, ::-1]
         img = np.ascontiguousarray(img)
         if photometric:
             img = photometric_augment(img, rng=rng)
         out[f"image{i}"], out[f"valid{i}"], out[f"flip{i}"] = img, np.ascontiguousarray(mask), flip
+        if lab is not None:
+            out[f"label{i}"] = np.ascontiguousarray(lab)
     return out
 
 

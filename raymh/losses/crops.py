@@ -27,13 +27,15 @@ def dc_loss_from_crops(
     chunk_size: int | None = None,
     valid1: Tensor | None = None,
     valid2: Tensor | None = None,
+    diagnostics: bool = False,
 ) -> dict:
     """DCLoss of a crop pair: undo flips, align the overlap boxes, negatives = all positions (DESIGN.md 1.2-1.5).
 
     proj*: (B, D, h, w) stride-8 L2-normalised projections; logits*: (B, C, h, w) stride-8 logits; box*: (B, 4)
     [y0, x0, y1, x1] overlap in pixels (multiples of 8) in each crop's unflipped frame; flip*: (B,) bool;
     valid*: optional (B, H, W) bool pixel masks in the frame the crop was fed to the network (False = padding).
-    Returns {"loss": Tensor, "anchors": int n, "passing": fraction of the 2n directional terms that are on}.
+    Returns {"loss": Tensor, "anchors": int n, "passing": fraction of the 2n directional terms that are on};
+    with diagnostics, also "pos_sim" and "hard_neg_sim" (`raymh.losses.diagnostics.similarity_stats`).
     """
     x = overlap_anchors(
         proj1, proj2, logits1, logits2, box1, box2, flip1, flip2, valid1=valid1, valid2=valid2
@@ -45,7 +47,12 @@ def dc_loss_from_crops(
     n = int(x["a1"].shape[0])
     masks = direction_masks(x["c1"], x["c2"], gamma=gamma)
     on = int(masks["m1"].sum()) + int(masks["m2"].sum())
-    return {"loss": loss, "anchors": n, "passing": on / (2 * n) if n else 0.0}
+    out = {"loss": loss, "anchors": n, "passing": on / (2 * n) if n else 0.0}
+    if diagnostics:
+        from raymh.losses.diagnostics import similarity_stats
+
+        out.update(similarity_stats(x["a1"], x["a2"], x["y1"], x["neg"], x["neg_labels"]))
+    return out
 
 
 def overlap_anchors(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,3 +64,16 @@ def save_confusion(mat: np.ndarray, classes: Sequence[str], directory: Path, ste
     png_path = directory / f"{stem}.png"
     img.save(png_path)
     return [csv_path, png_path]
+
+
+def save_predictions(items: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], palette, directory: Path) -> Path:
+    """Raw (id, image, label, prediction) triplets of one domain as PNGs, `<id>.image.png`, `<id>.label.png`,
+    `<id>.pred.png` (train ids, mode L), with `palette.json`: what figures comparing runs are drawn from."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for sample_id, image, label, pred in items:
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", sample_id)
+        Image.fromarray(image).save(directory / f"{stem}.image.png")
+        Image.fromarray(label.astype(np.uint8)).save(directory / f"{stem}.label.png")
+        Image.fromarray(pred.astype(np.uint8)).save(directory / f"{stem}.pred.png")
+    (directory / "palette.json").write_text(json.dumps([list(map(int, c)) for c in palette]))
+    return directory

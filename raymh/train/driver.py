@@ -215,6 +215,7 @@ def fit(
     callbacks: list | None = None,
     quiet: bool = False,
     sampled: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> FitOutcome:
     """Train one experiment end to end; prints progress and a results table; never loses the run record."""
     if resume:
@@ -250,7 +251,7 @@ def fit(
     if record is None:
         tracked = TrackedRun.create(
             uri, experiment=cfg.tracking.experiment, run_name=run_name, spool=spool,
-            parent_run_id=parent_run_id, tags=run_tags(cfg),
+            parent_run_id=parent_run_id, tags={**run_tags(cfg), **(tags or {})},
         )  # fmt: skip
         (files / "config.yaml").write_text(to_yaml(cfg))
         record = {"run_name": run_name, "mlflow_run_id": tracked.run_id, "tracking_uri": uri}

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from raymh.config import ExperimentConfig, LossConfig
 from raymh.losses import cross_entropy, dc_loss_from_crops, mix_loss
+from raymh.losses.diagnostics import pseudo_label_accuracy
 from raymh.model import normalize_uint8
 
 
@@ -20,7 +21,9 @@ from raymh.model import normalize_uint8
 class StepOutput:
     loss: torch.Tensor  # the Mix Loss, to call backward on
     parts: dict[str, float]  # "ce/<d>", "dc/<d>", "loss": every term, for logging
-    stats: dict[str, float]  # "passing/<d>": fraction of DCLoss directional terms above gamma
+    # "passing/<d>": fraction of DCLoss directional terms on; with diagnostics also "pseudo_acc/<d>",
+    # "pseudo_acc_confident/<d>" (when the crops carry true labels), "pos_sim/<d>", "hard_neg_sim/<d>"
+    stats: dict[str, float]
 
 
 def dc_weight_at(step: int, cfg: LossConfig) -> float:
@@ -52,8 +55,12 @@ def mix_loss_step(
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    diagnostics: bool = False,
 ) -> StepOutput:
-    """Forward every domain's labeled batch and crop pair, and return the Mix Loss with its parts."""
+    """Forward every domain's labeled batch and crop pair, and return the Mix Loss with its parts.
+
+    diagnostics: also measure the unsupervised branch (`raymh.losses.diagnostics`; costs a little, so the
+    worker asks for it on logging steps only)."""
     lam = dc_weight_at(step, cfg.loss)
     use_dc = lam > 0
     dev = torch.device(device)
@@ -79,12 +86,25 @@ def mix_loss_step(
                 proj[:n_unl], proj[n_unl:], logits8[:n_unl], logits8[n_unl:],
                 u["box1"].to(dev), u["box2"].to(dev), u["flip1"].to(dev), u["flip2"].to(dev),
                 temperature=cfg.loss.temperature, gamma=cfg.loss.gamma, chunk_size=cfg.loss.chunk_size,
-                valid1=u["valid1"].to(dev), valid2=u["valid2"].to(dev),
+                valid1=u["valid1"].to(dev), valid2=u["valid2"].to(dev), diagnostics=diagnostics,
             )  # fmt: skip
             terms["dc"] = dc["loss"]
             stats[f"passing/{domain}"] = dc["passing"]
+            if diagnostics:
+                stats.update(_diagnostics(domain, dc, u, logits8, n_unl, cfg.loss.gamma))
         per_domain[domain] = terms
 
     total, parts = mix_loss(per_domain, dc_weight=lam)
     parts["dc_weight"] = lam
     return StepOutput(loss=total, parts=parts, stats=stats)
+
+
+def _diagnostics(domain: str, dc: dict, unlabeled: dict, logits8: torch.Tensor, n_unl: int, gamma: float) -> dict:
+    """One domain's DCLoss diagnostics: similarities, and pseudo-label accuracy when the crops carry labels."""
+    out = {f"{k}/{domain}": dc[k] for k in ("pos_sim", "hard_neg_sim")}
+    if "label1" in unlabeled:
+        labels = torch.cat([unlabeled["label1"], unlabeled["label2"]]).to(logits8.device)
+        acc = pseudo_label_accuracy(logits8[: 2 * n_unl], labels, gamma=gamma)
+        out[f"pseudo_acc/{domain}"] = acc["acc"]
+        out[f"pseudo_acc_confident/{domain}"] = acc["acc_confident"]
+    return out

@@ -162,9 +162,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     t_start = t_log
     for step in range(start, cfg.train.iters):
         batch = next(batches)
+        logging_step = rank == 0 and ((step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.iters)
         out = mix_loss_step(
-            model, batch, cfg, step=step, device=device, autocast_dtype=autocast_dtype, channels_last=channels_last
-        )
+            model, batch, cfg, step=step, device=device, autocast_dtype=autocast_dtype,
+            channels_last=channels_last, diagnostics=logging_step,
+        )  # fmt: skip
         if not _all_ranks_finite(out.loss.detach().cpu(), world):
             bad = {k: v for k, v in out.parts.items() if not math.isfinite(v)}
             raise NonFiniteLossError(
@@ -179,7 +181,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         images_since += sum(b["labeled"]["image"].shape[0] + 2 * b["unlabeled"]["image1"].shape[0] for b in batch.values())
 
         done = step + 1
-        if rank == 0 and (done % cfg.train.log_every == 0 or done == cfg.train.iters):
+        if logging_step:
             now = time.perf_counter()
             ips = images_since * world / max(now - t_log, 1e-9)
             eta = (now - t_start) / max(done - start, 1) * (cfg.train.iters - done)
@@ -199,16 +201,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _evaluate(model, cfg, domains, device, autocast_dtype, channels_last, rank, world, step, tracked) -> dict:
-    panels: dict[str, list] = {d: [] for d in domains}  # (id, panel) of this rank's first val rows
+    panels: dict[str, list] = {d: [] for d in domains}  # (id, image, label, pred) of this rank's first val rows
 
     def keep_panel(domain, batch, pred):
-        palette = domains[domain]["palette"]
         for i in range(batch["image"].shape[0]):
             if len(panels[domain]) >= cfg.train.panels:
                 return
             img = batch["image"][i].permute(1, 2, 0).cpu().numpy()
-            panel = artifacts.prediction_panel(img, batch["label"][i].cpu().numpy(), pred[i].cpu().numpy(), palette)
-            panels[domain].append((batch["id"][i], panel))
+            panels[domain].append((batch["id"][i], img, batch["label"][i].cpu().numpy(), pred[i].cpu().numpy()))
 
     val = {d: val_batches(d, rank=rank, world_size=world) for d in domains}
     cms = evaluate_domains(
@@ -233,10 +233,15 @@ def _evaluate(model, cfg, domains, device, autocast_dtype, channels_last, rank, 
                 for d, cm in cms.items():
                     artifacts.save_confusion(cm.mat.numpy(), domains[d]["classes"], Path(tmp) / "confusion", d)
                     if panels[d]:
-                        artifacts.save_panels([p for _, p in panels[d]], Path(tmp) / "panels" / f"{d}.png")
+                        rows = [artifacts.prediction_panel(*p[1:], domains[d]["palette"]) for p in panels[d]]
+                        artifacts.save_panels(rows, Path(tmp) / "panels" / f"{d}.png")
+                        if step == cfg.train.iters:  # the final model's raw predictions, for figures across runs
+                            artifacts.save_predictions(panels[d], domains[d]["palette"], Path(tmp) / "predictions" / d)
                 tracked.log_artifact(Path(tmp) / "confusion", f"eval/step_{step:06d}/confusion")
                 if any(panels.values()):
                     tracked.log_artifact(Path(tmp) / "panels", f"eval/step_{step:06d}/panels")
+                if (Path(tmp) / "predictions").is_dir():
+                    tracked.log_artifact(Path(tmp) / "predictions", "eval/final/predictions")
     return metrics
 
 

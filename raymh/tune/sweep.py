@@ -49,7 +49,7 @@ def _trial(
         raise RuntimeError(f"trial {trial_id} failed: {outcome.error}")
 
 
-def _absolute(base: dict[str, Any]) -> dict[str, Any]:
+def absolute_locations(base: dict[str, Any]) -> dict[str, Any]:
     """Trials run in other directories: make storage, cache and tracking locations absolute."""
     cfg = config_from_dict(base)
     tracking = dict(base.get("tracking") or {})
@@ -81,7 +81,7 @@ def run_sweep(
 
     base_raw = load_config_dict(config, overrides or [])
     space = with_overrides(load_space(space_path, base_raw), num_samples=num_samples, scheduler=scheduler)
-    base = _absolute(apply_base(space, base_raw))
+    base = absolute_locations(apply_base(space, base_raw))
     base_cfg = config_from_dict(base)
     sweep_name = f"sweep-{base_cfg.name}-{Path(space_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     concurrent = max_concurrent or space.max_concurrent_trials

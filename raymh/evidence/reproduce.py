@@ -1,0 +1,152 @@
+"""`raymh reproduce`: run one of the method's comparison tables as a Ray Tune grid, under one MLflow parent.
+
+Every trial (a table cell at one seed) builds and fits its own TorchTrainer (the Train V2 pattern, as
+`raymh tune`), logged as a child run of the parent with its trial in tags. When the grid is done the table
+is read back from MLflow (the same code as `raymh report`), printed, written to `--out` and attached to the
+parent run, so a table printed here and one rebuilt later by `raymh report` are the same by construction.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from raymh.config import ConfigError, apply_overrides, config_from_dict, load_config_dict, to_yaml
+from raymh.evidence import render
+from raymh.evidence.report import load_evidence, write_outputs
+from raymh.evidence.tables import Trial, table_spec
+
+
+def _trial_fn(config: dict[str, Any], *, base: dict[str, Any], name: str, parent_run_id: str | None) -> None:
+    """One trial: the cell's overrides on the base config, one `fit`, metrics reported to Tune."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raymh.train.driver import fit
+
+    trial = Trial(**config["trial"])
+    cfg = config_from_dict(apply_overrides(base, trial.overrides(base)), where=f"trial {trial.cell} seed {trial.seed}")
+    cfg.tracking.run_name = f"{name}-{trial.slug}"
+    t0 = time.perf_counter()
+    outcome = fit(cfg, parent_run_id=parent_run_id, callbacks=[TuneReportCallback()], quiet=True, tags=trial.tags())
+    if not outcome.ok:
+        raise RuntimeError(f"trial {trial.cell} seed {trial.seed} failed: {outcome.error}")
+    m = outcome.metrics
+    miou = " ".join(f"{d.name}={m.get(f'val/miou/{d.name}', math.nan):.3f}" for d in cfg.domains)
+    print(f"[raymh] {trial.cell} seed {trial.seed}: {miou} mean={m.get('val/miou_mean', math.nan):.3f} "
+          f"({(time.perf_counter() - t0) / 60:.1f} min)", flush=True)  # fmt: skip
+
+
+def check_base(base: dict[str, Any], table: str) -> None:
+    """The cells set label fractions and lambda themselves; refuse settings that would silently override them."""
+    cfg = config_from_dict(base)
+    for i, d in enumerate(cfg.domains):
+        if d.labeled_fraction is not None or d.split_file is not None:
+            key = "labeled_fraction" if d.labeled_fraction is not None else "split_file"
+            raise ConfigError(
+                f"domains[{i}].{key} is set ({d.name}): the table sets each cell's label fraction itself; remove it"
+            )
+    if cfg.loss.dc_weight <= 0:
+        raise ConfigError(
+            f"loss.dc_weight is {cfg.loss.dc_weight}: the semi-supervised cells of {table} need lambda > 0 "
+            "(the supervised cells set it to 0 themselves)"
+        )
+
+
+def run_reproduce(
+    table: str,
+    *,
+    config: str = "evidence",
+    seeds: int = 3,
+    first_seed: int = 0,
+    render_seed: int | None = None,
+    fractions: tuple[str, ...] = ("1/8", "1/4"),
+    full: bool = True,
+    overrides: list[str] | None = None,
+    out: str | Path | None = None,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+):
+    """Run every cell x seed of `table`, then print and write the table; returns the `Evidence`."""
+    import ray
+    from ray import tune
+
+    from raymh.data.cache import prepared_dirs
+    from raymh.train.driver import init_ray, run_tags, storage_root
+    from raymh.train.tracking import TrackedRun
+    from raymh.tune.sweep import absolute_locations
+
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    raw = load_config_dict(config, overrides or [])
+    if render_seed is not None:
+        if not raw.get("data", {}).get("synthetic"):
+            raise ConfigError("--render-seed applies to the built-in synthetic domains; the config has no data.synthetic")
+        raw = apply_overrides(raw, {"data.synthetic.seed": render_seed})
+    base = absolute_locations(raw)
+    check_base(base, table)
+    base_cfg = config_from_dict(base, where=f"config {config!r}")
+    spec = table_spec(table, domains=[d.name for d in base_cfg.domains], fractions=fractions, full=full)
+    seed_list = list(range(first_seed, first_seed + seeds))
+    trials = spec.trials(seed_list)
+    for t in trials:  # a bad cell fails now, not after an hour of other trials
+        config_from_dict(apply_overrides(base, t.overrides(base)), where=f"trial {t.cell} seed {t.seed}")
+    name = f"reproduce-{table}-{base_cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    s = base_cfg.scaling
+    per_trial = s.num_workers * s.cpus_per_worker + 1  # the Train workers plus the trial's driver function
+    init_ray(base_cfg, address, num_cpus=max(os.cpu_count() or 1, per_trial + 1))
+    cluster_cpus = ray.cluster_resources().get("CPU", 1)
+    concurrent = max_concurrent or max(1, int(cluster_cpus // per_trial))
+    print(
+        f"[raymh] {name}: {len(trials)} runs ({len(spec.rows)} rows x {len(seed_list)} seeds {seed_list}"
+        f"{', one run per domain for single-domain rows' if table == 'multi-vs-single' else ''}), "
+        f"{concurrent} at a time; config {config}, {base_cfg.train.iters} steps each",
+        flush=True,
+    )
+    prepared_dirs(base_cfg)  # render / prepare once, before the trials race for it
+
+    uri = base["tracking"]["tracking_uri"]
+    files = Path(storage_root(base_cfg)) / name
+    files.mkdir(parents=True, exist_ok=True)
+    parent = TrackedRun.create(
+        uri, experiment=base_cfg.tracking.experiment, run_name=name, spool=files / "mlflow_unsent.jsonl",
+        tags={**run_tags(base_cfg), "raymh.reproduce": table},
+    )  # fmt: skip
+    if not parent.online:
+        raise ConfigError(f"MLflow at {uri} is unreachable: the table is read back from it; fix tracking.tracking_uri")
+    parent.log_params({
+        "table": table, "domains": ",".join(spec.domains), "fractions": ",".join(fractions), "full": str(full),
+        "seeds": ",".join(map(str, seed_list)), "config": config, "render_seed": str(render_seed),
+        "overrides": " ".join(overrides or []),
+    })  # fmt: skip
+    (files / "base_config.yaml").write_text(to_yaml(base_cfg))
+    parent.log_artifact(files / "base_config.yaml", "config")
+    print(f"[raymh] MLflow parent run {parent.run_id} ({uri}); rebuild later with `raymh report --run {parent.run_id}`",
+          flush=True)  # fmt: skip
+
+    trainable = tune.with_parameters(_trial_fn, base=base, name=name, parent_run_id=parent.run_id)
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 1}),
+        param_space={"trial": tune.grid_search([t.__dict__ for t in trials])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=False),
+        run_config=tune.RunConfig(name=name, storage_path=storage_root(base_cfg), verbose=0),
+    )
+    t0 = time.perf_counter()
+    grid = tuner.fit()
+    errors = [r.error for r in grid if r.error]
+    minutes = (time.perf_counter() - t0) / 60
+    ev = load_evidence(uri, parent.run_id)
+    print("\n" + render.format_text(ev.values), flush=True)
+    target = Path(out) if out else files / "evidence"
+    written = write_outputs(ev, target)
+    for path in written.values():
+        parent.log_artifact(path, "evidence")
+    parent.log_metrics({"reproduce/minutes": minutes, "reproduce/failed_trials": len(errors)}, step=0)
+    parent.end("FAILED" if errors else "FINISHED")
+    print(f"[raymh] {len(trials) - len(errors)}/{len(trials)} runs finished in {minutes:.1f} min; wrote "
+          f"{', '.join(sorted(written))} to {target} (and to the parent run's artifacts)", flush=True)  # fmt: skip
+    if errors:
+        print(f"[raymh] {len(errors)} run(s) failed; the table leaves them out. First error: {errors[0]}", flush=True)
+    return ev

@@ -1,0 +1,120 @@
+"""Evidence tables: cells and trials of each table, seed statistics, paired t-intervals and the layout."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from raymh.config import ConfigError, load_config_dict
+from raymh.evidence import render
+from raymh.evidence.stats import paired_difference, summarize, t_quantile_975
+from raymh.evidence.tables import RunRecord, Trial, parse_fraction, table_spec, table_values
+
+DOMAINS = ["cityscapes", "bdd100k", "synscapes"]
+
+
+def test_t_quantiles_match_scipy():
+    stats = pytest.importorskip("scipy.stats")  # scipy is a dev dependency: this runs in CI
+    for df in (1, 2, 3, 5, 10, 29, 30, 31, 60, 200):
+        assert t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), rel=2e-4), df
+    with pytest.raises(ValueError, match="degree of freedom"):
+        t_quantile_975(0)
+
+
+def test_paired_difference_is_a_t_interval_over_same_seed_differences():
+    treated = {0: 0.40, 1: 0.36, 2: 0.39, 7: 0.5}  # seed 7 has no control: left out
+    control = {0: 0.33, 1: 0.33, 2: 0.34}
+    d = np.array([0.07, 0.03, 0.05])
+    half = 4.302653 * d.std(ddof=1) / math.sqrt(3)
+    s = paired_difference(treated, control)
+    assert s.n == 3
+    assert s.mean == pytest.approx(d.mean())
+    assert s.std == pytest.approx(d.std(ddof=1))
+    assert (s.low, s.high) == (pytest.approx(d.mean() - half, rel=1e-4), pytest.approx(d.mean() + half, rel=1e-4))
+    one = paired_difference({0: 0.4}, {0: 0.3})
+    assert one.n == 1 and one.mean == pytest.approx(0.1) and math.isnan(one.low)
+    assert math.isnan(summarize([0.5]).std) and summarize([]).n == 0
+
+
+def test_semi_vs_supervised_cells_and_trials():
+    spec = table_spec("semi-vs-supervised", domains=DOMAINS, fractions=["1/8", "0.25"])
+    assert [(r.setting, r.fraction) for r in spec.rows] == [
+        ("supervised", "1/8"), ("semi", "1/8"), ("supervised", "1/4"), ("semi", "1/4"), ("supervised", "full")
+    ]  # fmt: skip
+    trials = spec.trials([0, 1])
+    assert len(trials) == 10 and trials[0].seed == 0 and trials[-1].seed == 1  # seed-major
+    base = load_config_dict("quickstart")
+    sup = Trial("supervised", "1/8", 3).overrides(base)
+    assert sup == {"data.labeled_fraction": 0.125, "data.split_seed": 3, "train.seed": 3, "loss.dc_weight": 0.0}
+    assert "loss.dc_weight" not in Trial("semi", "1/4", 0).overrides(base)
+    assert Trial("supervised", "full", 0).overrides(base)["data.labeled_fraction"] == 1.0
+    assert Trial.from_tags(Trial("semi", "1/8", 2).tags()) == Trial("semi", "1/8", 2)
+
+
+def test_multi_vs_single_runs_one_model_per_domain():
+    spec = table_spec("multi-vs-single", domains=DOMAINS, fractions=["1/8"])
+    trials = spec.trials([0])
+    assert sorted(t.cell for t in trials) == sorted(
+        ["multi@1/8", *(f"single@1/8:{d}" for d in DOMAINS)]
+    )
+    base = load_config_dict("quickstart")
+    one = next(t for t in trials if t.domain == "bdd100k").overrides(base)
+    assert [d["name"] for d in one["domains"]] == ["bdd100k"]
+    with pytest.raises(ConfigError, match="at least two domains"):
+        table_spec("multi-vs-single", domains=["a"], fractions=["1/8"])
+    with pytest.raises(ConfigError, match="unknown table"):
+        table_spec("nope", domains=DOMAINS, fractions=["1/8"])
+    with pytest.raises(ConfigError, match="1/8"):
+        parse_fraction("one eighth")
+    with pytest.raises(ConfigError, match=r"\(0, 1\]"):
+        parse_fraction("3/2")
+
+
+def _records(rng: np.random.Generator, spec, seeds) -> list[RunRecord]:
+    out = []
+    for t in spec.trials(seeds):
+        domains = [t.domain] if t.domain else spec.domains
+        out.append(RunRecord(t, {d: float(rng.uniform(0.2, 0.6)) for d in domains}, run_id=t.slug))
+    return out
+
+
+def test_table_values_average_and_paired_columns_from_runs():
+    rng = np.random.default_rng(0)
+    spec = table_spec("multi-vs-single", domains=DOMAINS, fractions=["1/8"])
+    records = _records(rng, spec, [0, 1, 2])
+    values = table_values(spec, records)
+    single = {(r.trial.seed, r.trial.domain): r.miou[r.trial.domain] for r in records if r.trial.setting == "single"}
+    multi = {r.trial.seed: r.miou for r in records if r.trial.setting == "multi"}
+    single_avg = {s: np.mean([single[(s, d)] for d in DOMAINS]) for s in range(3)}
+    multi_avg = {s: np.mean([multi[s][d] for d in DOMAINS]) for s in range(3)}
+    single_row, multi_row = spec.rows
+    assert values.cells[(single_row, "average")].mean == pytest.approx(np.mean(list(single_avg.values())))
+    assert values.cells[(multi_row, "bdd100k")].std == pytest.approx(np.std([multi[s]["bdd100k"] for s in range(3)], ddof=1))
+    diff = np.array([multi_avg[s] - single_avg[s] for s in range(3)])
+    got = values.diffs[(0, "average")]
+    half = 4.302653 * diff.std(ddof=1) / math.sqrt(3)
+    assert got.mean == pytest.approx(diff.mean()) and got.low == pytest.approx(diff.mean() - half, rel=1e-4)
+    # a seed missing one domain's single run has no average for that seed
+    partial = [r for r in records if not (r.trial.setting == "single" and r.trial.seed == 2 and r.trial.domain == "bdd100k")]
+    assert table_values(spec, partial).cells[(single_row, "average")].n == 2
+
+
+def test_rendered_table_has_the_methods_layout():
+    rng = np.random.default_rng(1)
+    spec = table_spec("semi-vs-supervised", domains=DOMAINS, fractions=["1/8"])
+    values = table_values(spec, _records(rng, spec, [0, 1]))
+    text = render.format_text(values)
+    lines = text.splitlines()
+    assert lines[1].split() == ["setting", "labels", *DOMAINS, "average"]
+    labels = [line.strip().split("  ")[0] for line in lines[3:-1]]
+    assert labels == ["supervised", "semi (DCLoss)", "semi - supervised", "supervised"]
+    sup = values.cells[(spec.rows[0], "cityscapes")]
+    assert f"{100 * sup.mean:.1f} ± {100 * sup.std:.1f}" in lines[3]
+    d = values.diffs[(0, "average")]
+    assert f"{100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]" in lines[5]
+    md = render.format_markdown(values)
+    assert md.count("\n|") == 1 + 1 + 4  # header, rule, 4 rows
+    csv_lines = render.format_csv(values).strip().splitlines()
+    assert len(csv_lines) == 1 + 3 * 4 + 4  # header, 3 rows x 4 columns, 1 comparison x 4 columns
