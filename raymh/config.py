@@ -124,6 +124,10 @@ class DataConfig(_Section):
 class TrainConfig(_Section):
     iters: int = Field(1000, ge=1, description="optimizer steps (counted, the same on every rank)")
     eval_every: int = Field(500, ge=1, description="evaluate (and checkpoint) every this many steps, and at the end")
+    checkpoint_every: int = Field(
+        500, ge=1, description="also checkpoint every this many steps between evaluations (what a Ctrl-C, a "
+        "preemption or a lost worker can cost at most); kept: the latest plus num_to_keep best evaluated"
+    )
     log_every: int = Field(10, ge=1, description="log losses to MLflow and the console every this many steps")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast + channels_last on GPUs and bf16-capable CPUs (AVX512-BF16/AMX), else fp32"

@@ -262,7 +262,7 @@ def test_worker_transforms_mode_yields_encoded_rows_and_seeded_batches(ray_sessi
     rows = dd.labeled.take_batch(20, batch_format="numpy")
     assert set(rows) == {"id", "image", "label"} and isinstance(rows["image"][0], bytes)
     assert sorted(rows["id"]) == sorted(dd.labeled_ids * 5)  # repeated before caching, like the ray_data mode
-    assert set(dd.unlabeled.take_batch(1, batch_format="numpy")) == {"id", "image"}
+    assert set(dd.unlabeled.take_batch(1, batch_format="numpy")) == {"id", "image", "label"}  # label: diagnostics
 
     shards = {dataset_name("toy", p): getattr(dd, p) for p in ("labeled", "unlabeled")}
 

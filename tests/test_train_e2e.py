@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -23,13 +24,23 @@ def _history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
 
 
-def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list) -> threading.Thread:
-    """Wait for the run's first checkpoint, then SIGKILL one Ray Train worker found with Ray's state API."""
+def _checkpoint_steps(run_dir: Path) -> list[int]:
+    steps = []
+    for path in run_dir.glob("checkpoint_*/metrics.json"):
+        try:
+            steps.append(json.loads(path.read_text())["step"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return steps
+
+
+def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list, min_step: int = 1) -> threading.Thread:
+    """Wait for a checkpoint of step >= min_step, then SIGKILL one Ray Train worker found with Ray's state API."""
     from ray.util.state import list_actors
 
     def go():
         deadline = time.time() + 300
-        while time.time() < deadline and not list(run_dir.glob("checkpoint_*/state.pt")):
+        while time.time() < deadline and not [s for s in _checkpoint_steps(run_dir) if s >= min_step]:
             time.sleep(0.2)
         while time.time() < deadline and not killed:  # the state API can time out on a loaded machine
             try:
@@ -88,14 +99,14 @@ def test_two_workers_lower_the_loss_and_log_to_mlflow(ray_local, e2e_root):
     assert model(torch.zeros(1, 3, 64, 64), "bdd100k")["logits"].shape == (1, 19, 16, 16)
 
 
-def test_killed_worker_recovers_from_the_last_checkpoint(ray_local, e2e_root):
+def test_killed_worker_recovers_from_the_last_step_checkpoint(ray_local, e2e_root):
     cfg = load_config(
         "quickstart",
-        tiny_overrides(e2e_root, **{"train.iters": 24, "train.eval_every": 4, "train.max_failures": 1,
-                                    "tracking.run_name": "killed", "loss.dc_weight": 0.0}),
+        tiny_overrides(e2e_root, **{"train.iters": 24, "train.eval_every": 24, "train.checkpoint_every": 3,
+                                    "train.max_failures": 1, "tracking.run_name": "killed", "loss.dc_weight": 0.0}),
     )  # fmt: skip
     killed: list[int] = []
-    thread = _kill_a_worker_after_first_checkpoint(Path(cfg.tracking.storage_path) / "killed", killed)
+    thread = _kill_a_worker_after_first_checkpoint(Path(cfg.tracking.storage_path) / "killed", killed, min_step=4)
     out = fit(cfg)
     thread.join(timeout=5)
     assert killed, "no Ray Train worker was found to kill"
@@ -103,6 +114,13 @@ def test_killed_worker_recovers_from_the_last_checkpoint(ray_local, e2e_root):
     assert read_state(out.checkpoint)["step"] == 24
     steps = [s for s, _ in _history(cfg.tracking.tracking_uri, out.mlflow_run_id, "train/lr")]
     assert steps[-1] == 24 and set(range(1, 25)) <= set(steps)
+    repeated = sorted({s for s in steps if steps.count(s) > 1})
+    assert repeated, "the kill came after the last step: nothing was redone, the test saw no recovery"
+    resumed_from = repeated[0] - 1
+    # the worker group came back from a checkpoint between evaluations (the only evaluation is the last
+    # step), and redid at most checkpoint_every steps
+    assert resumed_from % 3 == 0 and 0 < resumed_from < 24, repeated
+    assert len(steps) - len(set(steps)) <= 3
 
 
 def test_resume_continues_the_step_count_and_lr_schedule_exactly(ray_local, e2e_root):

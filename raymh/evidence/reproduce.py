@@ -22,15 +22,14 @@ from raymh.evidence.tables import Trial, table_spec
 
 def _trial_fn(config: dict[str, Any], *, base: dict[str, Any], name: str, parent_run_id: str | None) -> None:
     """One trial: the cell's overrides on the base config, one `fit`, metrics reported to Tune."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     from raymh.train.driver import fit
+    from raymh.tune.callbacks import EvalReportCallback
 
     trial = Trial(**config["trial"])
     cfg = config_from_dict(apply_overrides(base, trial.overrides(base)), where=f"trial {trial.cell} seed {trial.seed}")
     cfg.tracking.run_name = f"{name}-{trial.slug}"
     t0 = time.perf_counter()
-    outcome = fit(cfg, parent_run_id=parent_run_id, callbacks=[TuneReportCallback()], quiet=True, tags=trial.tags())
+    outcome = fit(cfg, parent_run_id=parent_run_id, callbacks=[EvalReportCallback()], quiet=True, tags=trial.tags())
     if not outcome.ok:
         raise RuntimeError(f"trial {trial.cell} seed {trial.seed} failed: {outcome.error}")
     m = outcome.metrics
@@ -75,6 +74,7 @@ def run_reproduce(
 
     from raymh.data.cache import prepared_dirs
     from raymh.train.driver import init_ray, run_tags, storage_root
+    from raymh.train.interrupt import run_interruptible, stop_sweep_at_once
     from raymh.train.tracking import TrackedRun
     from raymh.tune.sweep import absolute_locations
 
@@ -134,7 +134,8 @@ def run_reproduce(
         run_config=tune.RunConfig(name=name, storage_path=storage_root(base_cfg), verbose=0),
     )
     t0 = time.perf_counter()
-    grid = tuner.fit()
+    stop = stop_sweep_at_once(uri, parent, what=f"table {name}")
+    grid, _ = run_interruptible(tuner.fit, flag=None, on_first=stop, on_second=stop)
     errors = [r.error for r in grid if r.error]
     minutes = (time.perf_counter() - t0) / 60
     ev = load_evidence(uri, parent.run_id)

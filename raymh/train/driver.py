@@ -17,21 +17,26 @@ import platform
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ray
+
 from raymh.config import (
     ConfigError,
     ExperimentConfig,
+    TrackingConfig,
     config_from_dict,
     flatten,
     load_config,
     load_config_dict,
     to_yaml,
 )
+from raymh.train.interrupt import create_stop_flag, exit_now, run_interruptible, stop_flag_name
 from raymh.train.tracking import TrackedRun, resolve_tracking_uri
 
 RUN_FILES = "raymh"
@@ -149,8 +154,9 @@ def build_trainer(
     run_name: str,
     mlflow: dict[str, Any] | None,
     callbacks: list | None = None,
+    stop_flag: str | None = None,
 ):
-    """The TorchTrainer of one experiment (Train V2)."""
+    """The TorchTrainer of one experiment (Train V2); stop_flag: the name of the run's StopFlag actor."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -176,6 +182,7 @@ def build_trainer(
             for name, dd in domain_data.items()
         },
         "mlflow": mlflow,
+        "stop_flag": stop_flag,
         "run_dir": str(run_dir) if run_dir else f"{storage_root(cfg)}/{run_name}",
     }
     return TorchTrainer(
@@ -267,21 +274,59 @@ def fit(
         tracked.log_artifact(files / "splits", "splits")
     else:
         tracked = TrackedRun(record["tracking_uri"], record["mlflow_run_id"], spool=spool)
+        tracked.reopen()  # a KILLED or FAILED record goes back to RUNNING, the same run continues
         tracked.set_tags({"resumed": "true"})
     say(f"[raymh] MLflow: {uri} run {tracked.run_id or '(offline)'}; run files: {files}")
 
     mlflow_info = {"uri": uri, "run_id": tracked.run_id, "spool": str(spool), "offline_reason": tracked.offline_reason}
-    trainer = build_trainer(cfg, domain_data, run_name=run_name, mlflow=mlflow_info, callbacks=callbacks)
+    interactive = threading.current_thread() is threading.main_thread()  # not under Tune: signals are ours
+    flag = create_stop_flag(run_name) if interactive else None
+    trainer = build_trainer(
+        cfg, domain_data, run_name=run_name, mlflow=mlflow_info, callbacks=callbacks,
+        stop_flag=stop_flag_name(run_name) if flag is not None else None,
+    )  # fmt: skip
     from ray.train import TrainingFailedError
 
+    resume_cmd = resume_command(cfg, run_name)
+
+    def first_signal(name: str) -> None:
+        print(f"\n[raymh] {name}: finishing the current step, saving a checkpoint and stopping "
+              "(press Ctrl-C again to stop at once, keeping the last checkpoint)", file=sys.stderr, flush=True)
+
+    def second_signal(name: str) -> None:
+        step = _last_checkpoint_step(files.parent)
+        tracked.set_tags({"raymh.stopped_by": f"{name} x2", "raymh.checkpoint_step": str(step)})
+        tracked.end("KILLED")
+        print(f"[raymh] {name} again: stopped at once. Last checkpoint: step {step} under {files.parent}\n"
+              f"[raymh] continue with: {resume_cmd}", file=sys.stderr, flush=True)
+        exit_now(130)
+
     try:
-        result = trainer.fit()
+        if flag is None:
+            result, stopped_by = trainer.fit(), None
+        else:
+            result, stopped_by = run_interruptible(trainer.fit, flag=flag, on_first=first_signal, on_second=second_signal)
     except TrainingFailedError as e:
         tracked.end("FAILED")
         msg = _failure_message(e)
         print(f"[raymh] training failed: {msg}\n[raymh] checkpoints and run files are kept under {files.parent}; "
-              f"continue with `raymh train --resume {run_name}`", file=sys.stderr, flush=True)
+              f"continue with: {resume_cmd}", file=sys.stderr, flush=True)
         return FitOutcome(False, run_name, files.parent, mlflow_run_id=tracked.run_id, error=msg)
+    finally:
+        if flag is not None:
+            ray.kill(flag)
+
+    step_reached = int((result.metrics or {}).get("step", 0))
+    if stopped_by is not None and step_reached < cfg.train.iters:
+        tracked.set_tags({"raymh.stopped_by": stopped_by, "raymh.stopped_at_step": str(step_reached),
+                          "raymh.checkpoint_step": str(step_reached)})  # fmt: skip
+        tracked.end("KILLED")
+        print(f"[raymh] run {run_name} stopped at step {step_reached}/{cfg.train.iters} ({stopped_by}); checkpoint at "
+              f"step {step_reached}: {result.checkpoint.path if result.checkpoint else '-'}\n"
+              f"[raymh] MLflow run {tracked.run_id} marked KILLED\n[raymh] continue with: {resume_cmd}", flush=True)
+        return FitOutcome(False, run_name, files.parent, metrics=dict(result.metrics or {}),
+                          checkpoint=result.checkpoint.path if result.checkpoint else None,
+                          mlflow_run_id=tracked.run_id, error=f"stopped by {stopped_by}")  # fmt: skip
 
     best = _best_checkpoint(result)
     outcome = FitOutcome(
@@ -297,6 +342,26 @@ def fit(
     return outcome
 
 
+def resume_command(cfg: ExperimentConfig, run_name: str) -> str:
+    """The exact command that continues a run (with its storage path when it is not the default)."""
+    cmd = f"raymh train --resume {run_name}"
+    default = TrackingConfig.model_fields["storage_path"].default
+    if cfg.tracking.storage_path != default:
+        cmd += f" --set tracking.storage_path={storage_root(cfg)}"
+    return cmd
+
+
+def _last_checkpoint_step(run_dir: Path) -> int | None:
+    """The step of a run directory's newest complete checkpoint (by its metrics.json), or None."""
+    steps = []
+    for metrics in run_dir.glob("checkpoint_*/metrics.json"):
+        try:
+            steps.append(int(json.loads(metrics.read_text())["step"]))
+        except (OSError, ValueError, KeyError):
+            continue
+    return max(steps) if steps else None
+
+
 def _failure_message(e: Exception) -> str:
     failures = getattr(e, "worker_failures", None)
     if failures:
@@ -306,7 +371,10 @@ def _failure_message(e: Exception) -> str:
 
 
 def _best_checkpoint(result) -> str | None:
-    scored = [(m.get("val/miou_mean", -math.inf), c.path) for c, m in (result.best_checkpoints or [])]
+    scored = [
+        (m["val/miou_mean"], c.path) for c, m in (result.best_checkpoints or [])
+        if isinstance(m.get("val/miou_mean"), float) and math.isfinite(m["val/miou_mean"])
+    ]  # checkpoints between evaluations carry no score
     return max(scored)[1] if scored else None
 
 

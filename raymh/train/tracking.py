@@ -155,5 +155,27 @@ class TrackedRun:
             fn = lambda: self.client.log_artifact(self.run_id, str(path), artifact_path)  # noqa: E731
         self._call("artifact", {"path": str(path), "artifact_path": artifact_path}, fn)
 
+    def reopen(self) -> None:
+        """Set an ended run (KILLED, FAILED, FINISHED) back to RUNNING: a resumed run continues its record."""
+        self._call("reopen", {}, lambda: self.client.update_run(self.run_id, status="RUNNING"))
+
     def end(self, status: str = "FINISHED") -> None:
         self._call("end", {"status": status}, lambda: self.client.set_terminated(self.run_id, status=status))
+
+
+def close_child_runs(uri: str, parent_run_id: str | None, *, status: str, tags: dict[str, str] | None = None) -> int:
+    """End every child run of `parent_run_id` that is still RUNNING with `status` (and tags); returns how many."""
+    if not parent_run_id:
+        return 0
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    )
+    for run in runs:
+        for k, v in (tags or {}).items():
+            client.set_tag(run.info.run_id, k, v)
+        client.set_terminated(run.info.run_id, status)
+    return len(runs)

@@ -28,6 +28,7 @@ from raymh.model import MultiHeadDeepLab, normalize_uint8
 from raymh.train import artifacts
 from raymh.train.checkpoint import load_state, save_state, unwrap
 from raymh.train.evaluate import evaluate_domains, miou_metrics
+from raymh.train.interrupt import WorkerStopCheck
 from raymh.train.optim import build_optimizer, poly_scheduler
 from raymh.train.step import mix_loss_step
 from raymh.train.tracking import TrackedRun
@@ -75,13 +76,18 @@ def worker_transforms(cfg, *, seed: int):
     )
 
 
-def _all_ranks_finite(value: torch.Tensor, world: int) -> bool:
-    flag = torch.tensor([0.0 if torch.isfinite(value).item() else 1.0])
+def _any_rank(flag: bool, world: int) -> bool:
+    """True on every rank when `flag` is True on any rank (one all-reduce of one number)."""
+    value = torch.tensor([1.0 if flag else 0.0])
     if world > 1:
         if dist.get_backend() == "nccl":
-            flag = flag.cuda()
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return flag.item() == 0.0
+            value = value.cuda()
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value.item() > 0.0
+
+
+def _all_ranks_finite(value: torch.Tensor, world: int) -> bool:
+    return not _any_rank(not torch.isfinite(value).item(), world)
 
 
 def say(message: str) -> None:
@@ -149,6 +155,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         m = config["mlflow"]
         tracked = TrackedRun(m["uri"], m["run_id"], spool=Path(m["spool"]), offline_reason=m.get("offline_reason"))
 
+    stop = WorkerStopCheck(config.get("stop_flag") if rank == 0 else None)
     batches = StepBatches(
         list(domains),
         labeled_batch_size=cfg.data.labeled_batch_size,
@@ -193,11 +200,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             say(f"step {done}/{cfg.train.iters} eta {eta / 60:.1f}m {terms} {ips:.1f} img/s")
             t_log, images_since = now, 0
 
+        saved = False
         if done % cfg.train.eval_every == 0 or done == cfg.train.iters:
             metrics = _evaluate(model, cfg, domains, device, autocast_dtype, channels_last, rank, world, done, tracked)
             best = max(best, metrics["val/miou_mean"])
-            metrics.update({"step": done, "best/miou_mean": best})
+            metrics.update({"step": done, "best/miou_mean": best, "checkpoint/kind": "eval"})
             _report(metrics, model, optimizer, scheduler, done, best, cfg, rank, config)
+            saved = True
+        elif done % cfg.train.checkpoint_every == 0:
+            _report(_step_metrics(done, best, "step"), model, optimizer, scheduler, done, best, cfg, rank, config)
+            saved = True
+        if done < cfg.train.iters and _any_rank(rank == 0 and stop.requested(), world):
+            if not saved:
+                _report(_step_metrics(done, best, "interrupt"), model, optimizer, scheduler, done, best, cfg, rank, config)
+            if rank == 0:
+                say(f"stopped at step {done}/{cfg.train.iters} on request; checkpoint saved at step {done}")
+            return
 
 
 def _evaluate(model, cfg, domains, device, autocast_dtype, channels_last, rank, world, step, tracked) -> dict:
@@ -245,9 +263,16 @@ def _evaluate(model, cfg, domains, device, autocast_dtype, channels_last, rank, 
     return metrics
 
 
+def _step_metrics(step: int, best: float, kind: str) -> dict:
+    """What a checkpoint between evaluations reports: no score (NaN ranks below every evaluated checkpoint
+    in Ray's CheckpointConfig, so it never counts among the best, but the latest checkpoint is always kept)."""
+    return {"step": step, "best/miou_mean": best, "val/miou_mean": math.nan, "checkpoint/kind": kind}
+
+
 def _report(metrics, model, optimizer, scheduler, step, best, cfg, rank, config) -> None:
     """Every rank reports at the same steps; rank 0 attaches the checkpoint."""
     clean = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+    reported = {**clean, "val/miou_mean": metrics.get("val/miou_mean", math.nan)}  # Ray scores by it
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
@@ -258,4 +283,4 @@ def _report(metrics, model, optimizer, scheduler, step, best, cfg, rank, config)
             )  # fmt: skip
             (Path(tmp) / "metrics.json").write_text(json.dumps(clean, indent=1))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(clean, checkpoint=checkpoint)
+        ray.train.report(reported, checkpoint=checkpoint)

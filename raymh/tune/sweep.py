@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from raymh.config import config_from_dict, load_config_dict, to_yaml
+from raymh.train.interrupt import run_interruptible, stop_sweep_at_once
 from raymh.train.tracking import TrackedRun, resolve_tracking_uri
 from raymh.tune.space import (
     apply_base,
@@ -35,15 +36,15 @@ def _trial(
 ) -> None:
     """One trial: merge the sample, re-validate, fit a TorchTrainer reporting to Tune through the callback."""
     import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from raymh.train.driver import fit
+    from raymh.tune.callbacks import EvalReportCallback
 
     cfg = trial_config(base, sample)
     trial_id = ray.tune.get_context().get_trial_id()
     cfg.tracking.run_name = f"{sweep_name}-{trial_id}"
     outcome = fit(
-        cfg, parent_run_id=parent_run_id, callbacks=[TuneReportCallback()], quiet=True, sampled=sample
+        cfg, parent_run_id=parent_run_id, callbacks=[EvalReportCallback()], quiet=True, sampled=sample
     )
     if not outcome.ok:
         raise RuntimeError(f"trial {trial_id} failed: {outcome.error}")
@@ -119,7 +120,8 @@ def run_sweep(
         tune_config=tune.TuneConfig(**kwargs),
         run_config=tune.RunConfig(name=sweep_name, storage_path=storage_root(base_cfg), verbose=0),
     )
-    grid = tuner.fit()
+    stop = stop_sweep_at_once(uri, parent, what=f"sweep {sweep_name}")
+    grid, _ = run_interruptible(tuner.fit, flag=None, on_first=stop, on_second=stop)
     rows = _trials_table(grid, space, uri, base_cfg.tracking.experiment, parent.run_id)
     ok_rows = [r for r in rows if isinstance(r["metric"], float) and math.isfinite(r["metric"])]
     reverse = space.mode == "max"
