@@ -1,7 +1,9 @@
-"""The `raymh` command line: data, train, eval, tune, config.
+"""The `raymh` command line: data, train, eval, tune, runs, config.
 
 Each command loads one typed config (a preset name or a YAML file) plus dotted `--set key=value` overrides,
 prints what it will do, then does it. Heavy imports (torch, ray, mlflow) happen inside the commands.
+Expected errors (`InputError`: a bad config, bad data, a missing run; a missing file) print as one message
+and exit 1 in every command; `--verbose` also shows Ray's own log lines (see `raymh.console`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import sys
 
 import click
 
+from raymh import console
 from raymh.config import ConfigError, load_config, preset_names, to_yaml
+from raymh.errors import InputError
 
 CONFIG_HELP = f"preset name ({', '.join(preset_names())}) or a YAML file"
 SET_HELP = "dotted override, e.g. --set loss.dc_weight=0.2 (repeatable)"
@@ -29,14 +33,16 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (ConfigError, FileNotFoundError) as e:
+        except (InputError, FileNotFoundError) as e:
             raise click.ClickException(str(e)) from None
 
 
 @click.group(cls=_Group)
 @click.version_option(package_name="raymh")
-def main() -> None:
+@click.option("--verbose", "-v", is_flag=True, help="also show Ray's own log lines (INFO, known-harmless warnings)")
+def main(verbose: bool) -> None:
     """Multi-domain semi-supervised segmentation (multi-head DeepLabv3+, DCLoss, Mix Loss) on Ray."""
+    console.set_verbose(verbose)
 
 
 @main.group("config")
@@ -50,6 +56,14 @@ def config_group() -> None:
 def config_show(config: str, overrides: tuple[str, ...]) -> None:
     """Print the resolved config as YAML."""
     click.echo(to_yaml(_load(config, overrides)), nl=False)
+
+
+@config_group.command("docs")
+def config_docs() -> None:
+    """Print the configuration reference (every key, type, default, description) as Markdown."""
+    from raymh.config_docs import config_reference
+
+    click.echo(config_reference(), nl=False)
 
 
 @main.command()
@@ -108,6 +122,37 @@ def tune(config, space, num_samples, scheduler, max_concurrent, overrides, expor
         export_best=export_best,
         address=address,
     )
+
+
+TRACKING_HELP = "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)"
+EXPERIMENT_HELP = "MLflow experiment (repeatable; default: every experiment of the store)"
+
+
+@main.group("runs", invoke_without_command=True)
+@click.option("--tracking-uri", default=None, help=TRACKING_HELP)
+@click.option("--experiment", "experiments", multiple=True, help=EXPERIMENT_HELP)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="newest runs per experiment")
+@click.pass_context
+def runs(ctx: click.Context, tracking_uri, experiments, limit) -> None:
+    """List recorded runs: status, steps, best and last mean val mIoU, per-domain mIoU, eval/resume commands."""
+    from raymh.train.tracking import absolute_tracking_uri, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(None) if tracking_uri is None else absolute_tracking_uri(tracking_uri)
+    ctx.obj = {"uri": uri, "experiments": list(experiments) or None}
+    if ctx.invoked_subcommand is None:
+        from raymh.train.runs import list_runs, runs_table
+
+        click.echo(runs_table(list_runs(uri, ctx.obj["experiments"], limit=limit), uri))
+
+
+@runs.command("show")
+@click.argument("run")
+@click.pass_obj
+def runs_show(obj, run: str) -> None:
+    """One run (by name or MLflow id): its config diff against its preset and its evaluation table."""
+    from raymh.train.runs import show_run
+
+    click.echo(show_run(obj["uri"], run, obj["experiments"]))
 
 
 def _mount_data_group() -> None:

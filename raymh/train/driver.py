@@ -113,7 +113,7 @@ def run_tags(cfg: ExperimentConfig) -> dict[str, str]:
 def build_domain_data(cfg: ExperimentConfig) -> dict[str, Any]:
     """Prepared dirs -> per-domain Ray Datasets (labeled, unlabeled, val) and their split lists."""
     from raymh.data.cache import prepared_dirs
-    from raymh.data.pipeline import build_domain_data as build_one
+    from raymh.data.driver_datasets import build_domain_data as build_one
 
     prepared = prepared_dirs(cfg)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines drown raymh's own
@@ -154,7 +154,7 @@ def build_trainer(
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from raymh.data.pipeline import dataset_name
+    from raymh.data.sets import dataset_name
     from raymh.train.worker import train_loop_per_worker
 
     datasets, to_split = {}, []
@@ -258,7 +258,7 @@ def fit(
         tracked.log_params(flatten(cfg))
         if sampled:  # a Tune trial: its sampled values, also under their own names
             tracked.log_params({f"sampled.{k}": v for k, v in sampled.items()})
-        from raymh.data.pipeline import write_split_lists
+        from raymh.data.driver_datasets import write_split_lists
 
         for dd in domain_data.values():
             write_split_lists(files / "splits", dd)
@@ -353,7 +353,8 @@ def evaluate_checkpoint(
     """`raymh eval`: load a checkpoint (or a run's best one) and evaluate every domain's val split."""
     import torch
 
-    from raymh.data.pipeline import dataset_name, val_batches
+    from raymh.data.sets import dataset_name
+    from raymh.data.worker_batches import val_batches
     from raymh.model import normalize_uint8
     from raymh.train.checkpoint import CONFIG_FILE, model_from_checkpoint
     from raymh.train.evaluate import evaluate_domains, miou_metrics

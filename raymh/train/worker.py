@@ -23,7 +23,8 @@ import torch
 import torch.distributed as dist
 
 from raymh.config import config_from_dict, to_yaml
-from raymh.data.pipeline import StepBatches, train_transforms, val_batches
+from raymh.data.batch_transforms import train_transforms
+from raymh.data.worker_batches import StepBatches, val_batches
 from raymh.model import MultiHeadDeepLab, normalize_uint8
 from raymh.train import artifacts
 from raymh.train.checkpoint import load_state, save_state, unwrap
