@@ -81,6 +81,7 @@ def train(config, overrides, resume, address, workers, use_gpu) -> None:
     if use_gpu is not None:
         overrides.append(f"scaling.use_gpu={str(use_gpu).lower()}")
     cfg = _load(config, tuple(overrides))
+    console.install()
     from raymh.train.driver import fit
 
     outcome = fit(cfg, resume=resume, address=address)
@@ -94,6 +95,7 @@ def train(config, overrides, resume, address, workers, use_gpu) -> None:
 @click.option("--address", default=None, help="Ray cluster address")
 def evaluate(checkpoint, config, overrides, address) -> None:
     """Evaluate a checkpoint on every domain's val split (per-domain and mean mIoU)."""
+    console.install()
     from raymh.train.driver import evaluate_checkpoint
 
     evaluate_checkpoint(checkpoint, config=config, overrides=list(overrides), address=address)
@@ -110,6 +112,7 @@ def evaluate(checkpoint, config, overrides, address) -> None:
 @click.option("--address", default=None, help="Ray cluster address")
 def tune(config, space, num_samples, scheduler, max_concurrent, overrides, export_best, address) -> None:
     """Sweep config values with Ray Tune; one MLflow parent run, one child run per trial."""
+    console.install()
     from raymh.tune.sweep import run_sweep
 
     run_sweep(

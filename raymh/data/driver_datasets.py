@@ -262,3 +262,21 @@ def write_split_lists(run_dir: str | Path, domain_data: DomainData) -> dict[str,
     return splits.write_split_lists(
         Path(run_dir) / domain_data.name, domain_data.labeled_ids, domain_data.unlabeled_ids
     )
+
+
+def ingest_options():
+    """Ray Data's execution options for the sets handed to Ray Train (`DataConfig(execution_options=...)`).
+
+    The same options Train's default (`DataConfig.default_ingest_options`, Ray 2.60) makes from the current
+    `DataContext`, without passing the deprecated `exclude_resources` (zero unless set; raymh never sets
+    it), whose use makes Ray warn in every run. Train 2.60 adds no exclusion of its own either way.
+    """
+    from ray.data import DataContext, ExecutionOptions
+
+    current = DataContext.get_current().execution_options
+    return ExecutionOptions(
+        resource_limits=current.resource_limits,
+        preserve_order=current.preserve_order,
+        verbose_progress=current.verbose_progress,
+        label_selector=current.label_selector,
+    )

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raymh import console
 from raymh.config import (
     ConfigError,
     ExperimentConfig,
@@ -154,6 +155,7 @@ def build_trainer(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from raymh.data.driver_datasets import ingest_options
     from raymh.data.sets import dataset_name
     from raymh.train.worker import train_loop_per_worker
 
@@ -185,7 +187,7 @@ def build_trainer(
             num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources
         ),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=to_split),
+        dataset_config=ray.train.DataConfig(datasets_to_split=to_split, execution_options=ingest_options()),
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=storage_root(cfg),
@@ -245,6 +247,7 @@ def fit(
     init_ray(cfg, address)
     domain_data = build_domain_data(cfg)
     files.mkdir(parents=True, exist_ok=True)
+    console.attach_log(files / "console.log", announce=not quiet)
     uri = resolve_tracking_uri(cfg)
     spool = files / "mlflow_unsent.jsonl"
     if record is None:

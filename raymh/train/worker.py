@@ -30,6 +30,7 @@ from raymh.train import artifacts
 from raymh.train.checkpoint import load_state, save_state, unwrap
 from raymh.train.evaluate import evaluate_domains, miou_metrics
 from raymh.train.optim import build_optimizer, poly_scheduler
+from raymh.train.progress import Eta
 from raymh.train.step import mix_loss_step
 from raymh.train.tracking import TrackedRun
 
@@ -160,8 +161,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     model.train()
     t_log, images_since = time.perf_counter(), 0
-    t_start = t_log
+    eta = Eta(cfg.train.iters, restart_at=[cfg.loss.dc_start_iter])  # DCLoss steps cost about twice as much
     for step in range(start, cfg.train.iters):
+        eta.step_starts(step)
         batch = next(batches)
         out = mix_loss_step(
             model, batch, cfg, step=step, device=device, autocast_dtype=autocast_dtype, channels_last=channels_last
@@ -183,13 +185,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0 and (done % cfg.train.log_every == 0 or done == cfg.train.iters):
             now = time.perf_counter()
             ips = images_since * world / max(now - t_log, 1e-9)
-            eta = (now - t_start) / max(done - start, 1) * (cfg.train.iters - done)
             metrics = {f"train/{k}": v for k, v in {**out.parts, **out.stats}.items()}
             metrics.update({"train/lr": scheduler.get_last_lr()[0], "train/images_per_s": ips})
             if tracked:
                 tracked.log_metrics(metrics, step=done)
             terms = " ".join(f"{k}={v:.3f}" for k, v in out.parts.items() if k != "dc_weight")
-            say(f"step {done}/{cfg.train.iters} eta {eta / 60:.1f}m {terms} {ips:.1f} img/s")
+            say(f"step {done}/{cfg.train.iters} eta {eta.seconds(done) / 60:.1f}m {terms} {ips:.1f} img/s")
             t_log, images_since = now, 0
 
         if done % cfg.train.eval_every == 0 or done == cfg.train.iters:
