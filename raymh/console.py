@@ -41,8 +41,8 @@ HARMLESS = [
         r"PreemptionWatcher",  # core_worker.cc, E level: no preemption source on a local machine
         r"[Tt]oken auth",  # Ray's note about its token authentication mode
         r"RAY_AUTH_MODE",
-        r"[Dd]eprecat",  # deprecation notices (and the source line warnings print after them)
-        r"^\s*warnings\.warn\(",
+        r"[Dd]eprecat",  # deprecation notices (the source line printed after one is logged with it)
+        r"Progress bars disabled",  # Ray Data, once per process: raymh turns them off on purpose
     )
 ]
 # Ray's Python log format ("2026-01-01 12:00:00,123\tINFO file.py:12 -- msg") and glog's ("[2026-01-01
@@ -103,6 +103,13 @@ def set_verbose(verbose: bool) -> None:
     _verbose = bool(verbose)
 
 
+def worker_env() -> dict[str, str]:
+    """Environment for the worker processes of a local Ray (its `runtime_env`): Ray's own loggers there at
+    WARNING. In a worker, Ray prints log records without their level, so the driver could not tell its
+    INFO lines (e.g. Train's "Setting up process group") from warnings; at the source they are not made."""
+    return {} if _verbose else {"RAY_LOGGER_LEVEL": "warning"}
+
+
 def is_harmless(text: str) -> bool:
     return any(p.search(text) for p in HARMLESS)
 
@@ -153,14 +160,21 @@ def _quiet_ray_handlers() -> bool:
 
 # ------------------------------------------------------------------------ 2. lines forwarded by log_to_driver
 def filter_forwarded(data: dict[str, Any]) -> tuple[list[str], dict[str, Any] | None]:
-    """(raymh lines, what is left for Ray's printer or None) of one batch of forwarded lines; the rest is logged."""
-    shown, raymh_lines = [], []
+    """(raymh lines, what is left for Ray's printer or None) of one batch of forwarded lines; the rest is logged.
+
+    A logged warning's continuation (the indented source line Python prints after a warning) is logged too.
+    """
+    shown, raymh_lines, in_warning = [], [], False
+    who = f"({data.get('actor_name') or data.get('task_name') or 'pid'} pid={data.get('pid', '?')})"
     for line in data.get("lines", []):
         kind = classify(line)
+        if in_warning and kind == "show" and line.startswith("  "):
+            kind = "log"  # the source line of a logged warning
+        in_warning = kind == "log" and ("Warning: " in line or in_warning)
         if kind == "raymh":
             raymh_lines.append(line[line.index(RAYMH_TAG) :])
         elif kind == "log":
-            LOG.write(f"({data.get('actor_name') or data.get('task_name') or 'pid'} pid={data.get('pid', '?')}) {line}")
+            LOG.write(f"{who} {line}")
         else:
             shown.append(line)
     return raymh_lines, ({**data, "lines": shown} if shown else None)
@@ -202,6 +216,24 @@ def _filter_forwarded_lines() -> bool:
     return True
 
 
+class _RecordFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return keep_record(record)
+
+
+_RECORD_FILTER = _RecordFilter()
+
+
+def _quiet_mlflow_handlers() -> None:
+    """MLflow's own console handler (on its `mlflow` logger): INFO lines such as "Creating initial MLflow
+    database tables" go to the log file too."""
+    import mlflow  # noqa: F401 - configures MLflow's loggers
+
+    for handler in logging.getLogger("mlflow").handlers:
+        if _RECORD_FILTER not in handler.filters:
+            handler.addFilter(_RECORD_FILTER)
+
+
 # -------------------------------------------------------------------------------------------- 3. warnings
 _show_warning = warnings.showwarning
 
@@ -221,6 +253,7 @@ def install() -> None:
     if _verbose:
         return
     _quiet_ray_handlers()
+    _quiet_mlflow_handlers()
     _filter_forwarded_lines()
     warnings.showwarning = _showwarning
     if not _state["atexit"]:
