@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from raymh import console
+from raymh import __version__, console
 from raymh.config import ConfigError, load_config, preset_names, to_yaml
 from raymh.errors import InputError
 
@@ -38,7 +38,7 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group)
-@click.version_option(package_name="raymh")
+@click.version_option(version=__version__, prog_name="raymh")
 @click.option("--verbose", "-v", is_flag=True, help="also show Ray's own log lines (INFO, known-harmless warnings)")
 def main(verbose: bool) -> None:
     """Multi-domain semi-supervised segmentation (multi-head DeepLabv3+, DCLoss, Mix Loss) on Ray."""
