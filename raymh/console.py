@@ -103,11 +103,12 @@ def set_verbose(verbose: bool) -> None:
     _verbose = bool(verbose)
 
 
-def worker_env() -> dict[str, str]:
-    """Environment for the worker processes of a local Ray (its `runtime_env`): Ray's own loggers there at
-    WARNING. In a worker, Ray prints log records without their level, so the driver could not tell its
-    INFO lines (e.g. Train's "Setting up process group") from warnings; at the source they are not made."""
-    return {} if _verbose else {"RAY_LOGGER_LEVEL": "warning"}
+def train_log_level() -> str:
+    """Ray Train's console log level (`RunConfig(logging_config=ray.train.LoggingConfig(...))`): WARNING, so
+    the controller's and workers' INFO lines ("Requesting resources", "Setting up process group ...") stay
+    in Train's own session log files; INFO with --verbose. In its worker processes Ray prints records
+    without their level, so the driver's filter could not tell those INFO lines from warnings."""
+    return "INFO" if _verbose else "WARNING"
 
 
 def is_harmless(text: str) -> bool:

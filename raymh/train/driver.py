@@ -68,7 +68,7 @@ def init_ray(cfg: ExperimentConfig, address: str | None = None, *, num_cpus: int
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    env = {"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", **console.worker_env()}}
+    env = {"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}
     if address:  # a cluster, or a `ray job submit` job: the job's runtime_env applies, do not add one
         ray.init(address=address, log_to_driver=True)
         return
@@ -197,6 +197,7 @@ def build_trainer(
                 checkpoint_score_order="max",
             ),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level=console.train_log_level()),
             callbacks=callbacks or None,
         ),
     )
