@@ -165,6 +165,8 @@ def filter_forwarded(data: dict[str, Any]) -> tuple[list[str], dict[str, Any] | 
 
     A logged warning's continuation (the indented source line Python prints after a warning) is logged too.
     """
+    if data.get("pid") == "autoscaler":  # Ray's printer keeps only the autoscaler's events of these itself
+        return [], data
     shown, raymh_lines, in_warning = [], [], False
     who = f"({data.get('actor_name') or data.get('task_name') or 'pid'} pid={data.get('pid', '?')})"
     for line in data.get("lines", []):

@@ -56,6 +56,8 @@ def test_forwarded_lines_print_raymh_lines_once_without_prefix_and_log_the_rest(
     console.LOG.close()
     assert "PreemptionWatcher" in log.read_text() and "RayTrainWorker pid=42" in log.read_text()
     assert console.filter_forwarded({**data, "lines": [RAY_CHATTER[0]]})[1] is None
+    autoscaler = {**data, "pid": "autoscaler", "lines": ["2026-11-29 09:58:05,349\tINFO autoscaler.py:147 -- x"]}
+    assert console.filter_forwarded(autoscaler) == ([], autoscaler)  # Ray's printer filters those itself
     warning = [RAY_CHATTER[5], "  self.exclude_resources = exclude_resources", "  File 'x.py', line 1"]
     assert console.filter_forwarded({**data, "lines": warning})[1] is None  # its source line goes with it
 
