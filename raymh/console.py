@@ -10,12 +10,13 @@ Three kinds of lines reach the console of `raymh train` / `eval` / `tune`:
    maximum expected startup concurrency", or an `E ... core_worker.cc ... PreemptionWatcher` line).
 3. Python warnings, such as deprecation notices from inside Ray.
 
-By default (`install()`, called once Ray is up): INFO/DEBUG records of Ray's loggers, Ray-format INFO lines
-and known-harmless notices (`HARMLESS`) from other processes, and deprecation warnings go to the run's log
-file (`attach_log(<run>/raymh/console.log)`; lines before the run directory exists are kept and written
-first). raymh's `[raymh]` lines print once, without Ray's process prefix; everything else (warnings,
-errors, tracebacks, a user's own prints) prints as Ray would print it. `set_verbose(True)` (`raymh
---verbose`) leaves Ray's console untouched, and nothing is filtered.
+By default (`install()`, which the commands that start Ray call first): INFO/DEBUG records of Ray's and
+MLflow's loggers, Ray-format INFO lines and known-harmless notices (`HARMLESS`) from other processes, and
+deprecation warnings go to the run's log file (`attach_log(<run>/raymh/console.log)`; lines before the
+run directory exists are kept and written first). raymh's `[raymh]` lines print once, without Ray's
+process prefix; everything else (warnings, errors, tracebacks, a user's own prints) prints as Ray would
+print it. Ray Train's own INFO lines are kept off the console at their source (`train_log_level`).
+`set_verbose(True)` (`raymh --verbose`) leaves Ray's console untouched, and nothing is filtered.
 """
 
 from __future__ import annotations

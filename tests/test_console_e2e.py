@@ -80,3 +80,13 @@ def test_runs_show_diffs_the_config_against_its_preset(tiny_run):
                      cwd=tiny_run["root"], timeout=120)  # fmt: skip
     assert missing.returncode == 1 and "no run named or with id 'nope'" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_eval_of_the_run_prints_its_table_and_no_ray_chatter(tiny_run):
+    run_dir = tiny_run["root"] / "runs" / "tiny"
+    out = _raymh("eval", "--checkpoint", str(run_dir), env=tiny_run["env"], cwd=tiny_run["root"])
+    console = (out.stdout + out.stderr).splitlines()
+    assert out.returncode == 0, "\n".join(console[-30:])
+    assert re.search(r"^\s+mean\s+0\.\d{4}$", out.stdout, re.M), out.stdout
+    assert not [line for line in console if RAY_INFO.search(line)]
+    assert any("Ray's own log lines of this command:" in line for line in console)  # eval has no run dir
