@@ -34,6 +34,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except (InputError, FileNotFoundError) as e:
+            console.error_exit()
             raise click.ClickException(str(e)) from None
 
 
@@ -81,6 +82,10 @@ def train(config, overrides, resume, address, workers, use_gpu) -> None:
     if use_gpu is not None:
         overrides.append(f"scaling.use_gpu={str(use_gpu).lower()}")
     cfg = _load(config, tuple(overrides))
+    if resume is None:  # render/prepare (once, cached) now: bad data fails before Ray starts
+        from raymh.data.cache import prepared_dirs
+
+        prepared_dirs(cfg)
     console.install()
     from raymh.train.driver import fit
 

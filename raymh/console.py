@@ -53,7 +53,7 @@ QUIET_LEVEL = re.compile(
 )
 
 _verbose = False
-_state = {"atexit": False}
+_state = {"atexit": False, "say_where": True}
 
 
 class ConsoleLog:
@@ -282,7 +282,13 @@ def _flush_unattached() -> None:
         pass
     path = LOG.attach(folder / f"raymh-console-{os.getpid()}.log")
     LOG.close()
-    print(f"{RAYMH_TAG} Ray's own log lines of this command: {path}", file=sys.stderr, flush=True)
+    if _state["say_where"]:
+        print(f"{RAYMH_TAG} Ray's own log lines of this command: {path}", file=sys.stderr, flush=True)
+
+
+def error_exit() -> None:
+    """The command ends with an expected error: its one message is all the console gets (the log is kept)."""
+    _state["say_where"] = False
 
 
 def attach_log(path: str | Path, *, announce: bool = True) -> Path | None:

@@ -107,11 +107,16 @@ def test_eta_restarts_when_dcloss_starts():
         (["eval", "--checkpoint", "/nonexistent/run"], "neither a checkpoint dir"),
         (["runs", "--tracking-uri", "sqlite:////nonexistent/mlflow.db"], "no MLflow store at /nonexistent/mlflow.db"),
         (["config", "show", "--config", "nope"], "unknown config 'nope'"),
+        (["train", "--set", "data.synthetic=null", "--set", "domains=[{name: a, kind: cityscapes, root: EMPTY}]",
+          "--set", "data.cache_dir=CACHE"], "cityscapes: no 'train' samples found under"),
     ],
 )
-def test_expected_errors_print_one_message_and_exit_1(args, message, monkeypatch):
+def test_expected_errors_print_one_message_and_exit_1(args, message, monkeypatch, tmp_path):
     monkeypatch.setattr(console, "install", lambda: None)  # leave this test process's Ray hooks alone
+    (tmp_path / "EMPTY").mkdir()
+    args = [a.replace("EMPTY", str(tmp_path / "EMPTY")).replace("CACHE", str(tmp_path / "cache")) for a in args]
     out = CliRunner().invoke(main, args)
     assert out.exit_code == 1, out.output
     assert message in out.output and "Traceback" not in out.output
-    assert out.output.startswith("Error: ")
+    others = [line for line in out.output.splitlines() if not line.startswith("[raymh] ")]  # raymh says what it does
+    assert others[0].startswith("Error: ") and all(line.startswith("  ") for line in others[1:]), out.output
