@@ -29,8 +29,10 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from raymh.data.pipeline import StepBatches, build_domain_data, dataset_name
+from raymh.data.driver_datasets import build_domain_data
+from raymh.data.sets import dataset_name
 from raymh.data.transforms import decode_image, decode_label, overlap_crop_pair, scale_crop_flip
+from raymh.data.worker_batches import StepBatches
 
 
 def write_synthetic_prepared(

@@ -1,4 +1,4 @@
-"""DCLoss forward+backward vs the plain matmul baseline and the dense reference (DESIGN.md section 8).
+"""DCLoss forward+backward vs the plain matmul baseline and the dense reference (the targets in docs/decisions.md).
 
 Cases, each at the Cityscapes per-worker size (n=7938 anchors, N=129600 negatives, D=128, 19 classes) and a
 small size: (a) raymh's streamed `directional_contrastive_loss`, (b) the dense reference of the formula

@@ -1,4 +1,4 @@
-"""Forward+backward throughput of MultiHeadDeepLab vs this machine's fp32 matmul peak (DESIGN.md section 8).
+"""Forward+backward throughput of MultiHeadDeepLab vs this machine's fp32 matmul peak (the targets in docs/decisions.md).
 
 Modes: fp32 NCHW (the baseline), fp32 channels_last, bf16 autocast + channels_last. Images of all domains go
 through `forward_domains` (one trunk pass). FLOPs are counted for forward+backward directly with

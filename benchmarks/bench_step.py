@@ -66,7 +66,7 @@ def _ray_loop(config: dict) -> None:
     import ray.train.torch
 
     from raymh.config import config_from_dict
-    from raymh.data.pipeline import StepBatches
+    from raymh.data.worker_batches import StepBatches
     from raymh.train.worker import worker_transforms
 
     cfg = config_from_dict(config["experiment"])
@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from raymh.data.pipeline import StepBatches, dataset_name
+    from raymh.data.sets import dataset_name
+    from raymh.data.worker_batches import StepBatches
     from raymh.train.driver import build_domain_data, init_ray
     from raymh.train.worker import worker_transforms
 

@@ -1,7 +1,9 @@
-"""The `raymh` command line: data, train, eval, tune, config.
+"""The `raymh` command line: data, train, eval, tune, runs, config.
 
 Each command loads one typed config (a preset name or a YAML file) plus dotted `--set key=value` overrides,
 prints what it will do, then does it. Heavy imports (torch, ray, mlflow) happen inside the commands.
+Expected errors (`InputError`: a bad config, bad data, a missing run; a missing file) print as one message
+and exit 1 in every command; `--verbose` also shows Ray's own log lines (see `raymh.console`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import sys
 
 import click
 
+from raymh import __version__, console
 from raymh.config import ConfigError, load_config, preset_names, to_yaml
+from raymh.errors import InputError
 
 CONFIG_HELP = f"preset name ({', '.join(preset_names())}) or a YAML file"
 SET_HELP = "dotted override, e.g. --set loss.dc_weight=0.2 (repeatable)"
@@ -29,14 +33,17 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (ConfigError, FileNotFoundError) as e:
+        except (InputError, FileNotFoundError) as e:
+            console.error_exit()
             raise click.ClickException(str(e)) from None
 
 
 @click.group(cls=_Group)
-@click.version_option(package_name="raymh")
-def main() -> None:
+@click.version_option(version=__version__, prog_name="raymh")
+@click.option("--verbose", "-v", is_flag=True, help="also show Ray's own log lines (INFO, known-harmless warnings)")
+def main(verbose: bool) -> None:
     """Multi-domain semi-supervised segmentation (multi-head DeepLabv3+, DCLoss, Mix Loss) on Ray."""
+    console.set_verbose(verbose)
 
 
 @main.group("config")
@@ -50,6 +57,14 @@ def config_group() -> None:
 def config_show(config: str, overrides: tuple[str, ...]) -> None:
     """Print the resolved config as YAML."""
     click.echo(to_yaml(_load(config, overrides)), nl=False)
+
+
+@config_group.command("docs")
+def config_docs() -> None:
+    """Print the configuration reference (every key, type, default, description) as Markdown."""
+    from raymh.config_docs import config_reference
+
+    click.echo(config_reference(), nl=False)
 
 
 @main.command()
@@ -67,6 +82,11 @@ def train(config, overrides, resume, address, workers, use_gpu) -> None:
     if use_gpu is not None:
         overrides.append(f"scaling.use_gpu={str(use_gpu).lower()}")
     cfg = _load(config, tuple(overrides))
+    if resume is None:  # render/prepare (once, cached) now: bad data fails before Ray starts
+        from raymh.data.cache import prepared_dirs
+
+        prepared_dirs(cfg)
+    console.install()
     from raymh.train.driver import fit
 
     outcome = fit(cfg, resume=resume, address=address)
@@ -80,6 +100,7 @@ def train(config, overrides, resume, address, workers, use_gpu) -> None:
 @click.option("--address", default=None, help="Ray cluster address")
 def evaluate(checkpoint, config, overrides, address) -> None:
     """Evaluate a checkpoint on every domain's val split (per-domain and mean mIoU)."""
+    console.install()
     from raymh.train.driver import evaluate_checkpoint
 
     evaluate_checkpoint(checkpoint, config=config, overrides=list(overrides), address=address)
@@ -96,6 +117,7 @@ def evaluate(checkpoint, config, overrides, address) -> None:
 @click.option("--address", default=None, help="Ray cluster address")
 def tune(config, space, num_samples, scheduler, max_concurrent, overrides, export_best, address) -> None:
     """Sweep config values with Ray Tune; one MLflow parent run, one child run per trial."""
+    console.install()
     from raymh.tune.sweep import run_sweep
 
     run_sweep(
@@ -146,6 +168,37 @@ def report(run_id, tracking_uri, out) -> None:
     from raymh.train.tracking import resolve_tracking_uri
 
     build_report(run_id, uri=tracking_uri or resolve_tracking_uri(None), out=out)
+
+
+TRACKING_HELP = "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)"
+EXPERIMENT_HELP = "MLflow experiment (repeatable; default: every experiment of the store)"
+
+
+@main.group("runs", invoke_without_command=True)
+@click.option("--tracking-uri", default=None, help=TRACKING_HELP)
+@click.option("--experiment", "experiments", multiple=True, help=EXPERIMENT_HELP)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="newest runs per experiment")
+@click.pass_context
+def runs(ctx: click.Context, tracking_uri, experiments, limit) -> None:
+    """List recorded runs: status, steps, best and last mean val mIoU, per-domain mIoU, eval/resume commands."""
+    from raymh.train.tracking import absolute_tracking_uri, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(None) if tracking_uri is None else absolute_tracking_uri(tracking_uri)
+    ctx.obj = {"uri": uri, "experiments": list(experiments) or None}
+    if ctx.invoked_subcommand is None:
+        from raymh.train.runs import list_runs, runs_table
+
+        click.echo(runs_table(list_runs(uri, ctx.obj["experiments"], limit=limit), uri))
+
+
+@runs.command("show")
+@click.argument("run")
+@click.pass_obj
+def runs_show(obj, run: str) -> None:
+    """One run (by name or MLflow id): its config diff against its preset and its evaluation table."""
+    from raymh.train.runs import show_run
+
+    click.echo(show_run(obj["uri"], run, obj["experiments"]))
 
 
 def _mount_data_group() -> None:

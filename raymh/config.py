@@ -16,8 +16,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from raymh.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A config file, preset name or override is invalid; the message names the key and the fix."""
 
 
@@ -35,6 +37,8 @@ class SynthConfig(_Section):
 
 
 class DomainConfig(_Section):
+    """One dataset trained with the others (a `domains:` item; override as `domains.0.kind`): own head, metrics."""
+
     name: str = Field(description="domain name: its head, its metrics and its MLflow keys are named after it")
     kind: str = Field(description="dataset adapter: cityscapes | bdd100k | synscapes | folder")
     root: str | None = Field(None, description="raw dataset root in its native layout (prepared on first use)")
@@ -59,6 +63,8 @@ class DomainConfig(_Section):
 
 
 class ModelConfig(_Section):
+    """The multi-head DeepLabv3+: shared trunk, ASPP and decoder fusion, one head per domain, the projection."""
+
     backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = Field("resnet50", description="trunk")
     output_stride: Literal[8, 16] = Field(16, description="backbone output stride (dilation for 16 and 8)")
     head_depth: int = Field(2, ge=1, le=8, description="3x3 conv+BN+ReLU blocks per domain head")
@@ -67,6 +73,8 @@ class ModelConfig(_Section):
 
 
 class LossConfig(_Section):
+    """The Mix Loss: per-domain cross-entropy plus lambda times the directional contrastive loss (DCLoss)."""
+
     dc_weight: float = Field(0.1, ge=0, description="lambda: Mix Loss weight of DCLoss (0 = supervised only)")
     temperature: float = Field(0.1, gt=0, description="DCLoss temperature T")
     gamma: float = Field(0.75, gt=0, lt=1, description="DCLoss confidence threshold for the target side")
@@ -76,6 +84,8 @@ class LossConfig(_Section):
 
 
 class OptimConfig(_Section):
+    """Optimizer and poly learning-rate schedule."""
+
     name: Literal["sgd", "adamw"] = Field(
         "sgd", description="sgd: the method's recipe (pretrained backbones); adamw: converges faster from scratch"
     )
@@ -87,6 +97,8 @@ class OptimConfig(_Section):
 
 
 class DataConfig(_Section):
+    """Label ratio, crops, batches, augmentation and where the data is cached."""
+
     labeled_fraction: float = Field(0.125, gt=0, le=1, description="labeled share of each domain's train split")
     split_seed: int = Field(0, description="seed of the stable labeled-subset rule")
     crop_size: tuple[int, int] = Field((720, 720), description="train crop (H, W); multiples of 8")
@@ -122,6 +134,8 @@ class DataConfig(_Section):
 
 
 class TrainConfig(_Section):
+    """The counted-step training loop: length, logging, evaluation, checkpoints, precision."""
+
     iters: int = Field(1000, ge=1, description="optimizer steps (counted, the same on every rank)")
     eval_every: int = Field(500, ge=1, description="evaluate (and checkpoint) every this many steps, and at the end")
     checkpoint_every: int = Field(
@@ -145,6 +159,8 @@ class TrainConfig(_Section):
 
 
 class ScalingConfig(_Section):
+    """Ray Train workers and their resources."""
+
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks)")
     use_gpu: bool = Field(False, description="one or more GPUs per worker")
     gpus_per_worker: float = Field(1.0, gt=0, description="GPUs per worker when use_gpu")
@@ -153,6 +169,8 @@ class ScalingConfig(_Section):
 
 
 class TrackingConfig(_Section):
+    """MLflow tracking and Ray Train storage."""
+
     experiment: str = Field("raymh", description="MLflow experiment name")
     tracking_uri: str | None = Field(None, description="MLflow URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     storage_path: str = Field("./ray_results", description="Ray Train storage (absolute, shared on clusters)")
@@ -161,6 +179,8 @@ class TrackingConfig(_Section):
 
 
 class ExperimentConfig(_Section):
+    """A whole experiment: its domains and one section per layer."""
+
     name: str = Field("raymh", description="experiment preset name")
     domains: list[DomainConfig] = Field(description="the datasets trained together, one head each")
     model: ModelConfig = ModelConfig()

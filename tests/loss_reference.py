@@ -1,4 +1,4 @@
-"""Plain dense DCLoss (DESIGN.md section 1, item 5), written straight from the formula for tests.
+"""Plain dense DCLoss (docs/method.md, DCLoss item 5), written straight from the formula for tests.
 
 It holds the full n x N similarity matrix, so it is only for small cases (and the benchmark's small size).
 """

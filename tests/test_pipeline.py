@@ -15,16 +15,10 @@ import pytest
 from PIL import Image
 
 from raymh.data import splits
-from raymh.data.pipeline import (
-    StepBatches,
-    build_domain_data,
-    dataset_name,
-    datasets_to_split,
-    shard_of,
-    train_transforms,
-    val_batches,
-    write_split_lists,
-)
+from raymh.data.batch_transforms import train_transforms
+from raymh.data.driver_datasets import build_domain_data, write_split_lists
+from raymh.data.sets import dataset_name, datasets_to_split, shard_of
+from raymh.data.worker_batches import StepBatches, val_batches
 
 N_TRAIN, N_VAL = 12, 5
 CROP = (16, 24)
@@ -172,7 +166,7 @@ def test_split_file_and_full_fraction(prepared, tmp_path, caplog):
     split.write_text("train_003\ntrain_007\n")
     dd = _build(prepared, split_file=split)
     assert dd.labeled_ids == ["train_003", "train_007"] and len(dd.unlabeled_ids) == N_TRAIN - 2
-    with caplog.at_level(logging.WARNING, logger="raymh.data.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="raymh.data.driver_datasets"):
         full = _build(prepared, labeled_fraction=1.0)
     assert len(full.labeled_ids) == N_TRAIN and full.unlabeled_ids == full.labeled_ids
     assert "all train rows as unlabeled" in caplog.text

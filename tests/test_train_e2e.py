@@ -165,7 +165,7 @@ def _eval_loop(config: dict) -> None:
     import ray.train
     import torch
 
-    from raymh.data.pipeline import val_batches
+    from raymh.data.worker_batches import val_batches
     from raymh.model import MultiHeadDeepLab, normalize_uint8
     from raymh.train.evaluate import evaluate_domains
 
@@ -188,7 +188,7 @@ def test_evaluation_with_two_workers_equals_one(ray_local, e2e_root, tmp_path):
     from ray import cloudpickle
     from ray.train.torch import TorchTrainer
 
-    from raymh.data.pipeline import dataset_name
+    from raymh.data.sets import dataset_name
     from raymh.train.driver import build_domain_data
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the tests package

@@ -1,4 +1,4 @@
-"""`raymh data`: render the synthetic domains, prepare a dataset, inspect a prepared one (DESIGN.md section 2)."""
+"""`raymh data`: render the synthetic domains, prepare a dataset, inspect a prepared one (docs/data.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`raymh data prepare`: check every image/label pair once, write Parquet shards and a manifest (DESIGN.md section 2).
+"""`raymh data prepare`: check every image/label pair once, write Parquet shards and a manifest (docs/data.md).
 
 Output layout, written into a temporary directory beside `out` and renamed into place only when complete:
 `out/<split>/part-00000.parquet ...` (columns id, image, label, height, width), `out/manifest.json`, and with
@@ -29,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from raymh.data.adapters import AdapterError, Sample, get_adapter
 from raymh.data.labels import IGNORE_INDEX
+from raymh.errors import InputError
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -52,7 +53,7 @@ DOMAIN_NAME = re.compile(r"[A-Za-z0-9_-]+")
 Progress = Callable[[str, int, int], None]  # (split, samples checked, samples in the split)
 
 
-class PrepareError(ValueError):
+class PrepareError(InputError):
     """A dataset that cannot be prepared; `bad` lists each bad file as {split, id, path, reason}."""
 
     def __init__(self, message: str, *, bad: Sequence[dict[str, str]] = ()) -> None:

@@ -1,4 +1,4 @@
-"""Label ratios: the stable labeled subset of a train split, and explicit split files (DESIGN.md section 2).
+"""Label ratios: the stable labeled subset of a train split, and explicit split files (docs/data.md).
 
 The rule: rank ids by sha256(f"{seed}:{id}") and keep the first max(1, round(fraction * n)) of them
 (Python's round, half to even). It depends only on the set of ids and the seed: not on their order, nor on
@@ -8,27 +8,21 @@ larger one with the same seed.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
+
+from raymh.data.adapters import ADAPTERS, get_adapter
+from raymh.data.adapters.base import IMAGE_EXTENSIONS
+from raymh.data.ranking import rank_ids, rank_key  # noqa: F401 - rank_key: part of the split rule's API
+from raymh.errors import InputError
 
 LABELED_FILE = "labeled.txt"
 UNLABELED_FILE = "unlabeled.txt"
 
 
-class SplitError(ValueError):
+class SplitError(InputError):
     """A bad label fraction, id list or split file."""
-
-
-def rank_key(sample_id: str, *, seed: int) -> str:
-    """The sort key of one id under a seed: sha256(f"{seed}:{id}") in hex."""
-    return hashlib.sha256(f"{seed}:{sample_id}".encode()).hexdigest()
-
-
-def rank_ids(ids: Iterable[str], *, seed: int) -> list[str]:
-    """Ids in their seeded hash order (ties, which need a sha256 collision, by id)."""
-    return sorted(ids, key=lambda i: (rank_key(i, seed=seed), i))
 
 
 def check_fraction(fraction: float) -> float:
@@ -77,8 +71,6 @@ def labeled_ids_from_shards(shards: Sequence[Sequence[str]], *, fraction: float,
 
 def _id_rule(kind: str | None):
     """The image-path -> id rule: the kind's adapter's, or the stem less any registered image suffix."""
-    from raymh.data.adapters import ADAPTERS, get_adapter
-
     if kind is not None:
         return get_adapter(kind).id_from_image
     suffixes = sorted(
@@ -107,8 +99,6 @@ def read_split_file(
     suffix is stripped. A single token ending in .png/.jpg/.jpeg is read as an image path too.
     With `known_ids`, ids not among them are an error listing a few.
     """
-    from raymh.data.adapters.base import IMAGE_EXTENSIONS
-
     path = Path(path)
     try:
         text = path.read_text()

@@ -1,6 +1,6 @@
 """Per-sample decoding and augmentation (numpy + Pillow, an explicit `np.random.Generator` per call).
 
-Three pipelines (DESIGN.md section 1): labeled images get scale / pad / crop / flip
+Three pipelines (docs/method.md): labeled images get scale / pad / crop / flip
 (`scale_crop_flip`); unlabeled images get two overlapping crops of one rescaled image with their overlap
 boxes (`overlap_crop_pair`, the DCLoss input); validation images are decoded untouched or resized to a fixed
 size (`val_resize`). Arrays are HWC uint8 images and HW uint8 train-id labels (255 = ignore).
@@ -16,7 +16,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 IGNORE_INDEX = 255
 MEAN_COLOR = (124, 116, 104)  # ImageNet mean in 0..255: the fill for padded image pixels
-BOX_STRIDE = 8  # the stride of the projected features z (DESIGN.md section 1)
+BOX_STRIDE = 8  # the stride of the projected features z (docs/method.md)
 
 
 # ---------------------------------------------------------------------------------------------- decoding
@@ -94,7 +94,7 @@ def scale_crop_flip(
     crop_size: Sequence[int],
     scale_range: Sequence[float] = (0.5, 2.0),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Labeled augmentation (DESIGN.md section 1, recipe): random scale, pad (mean colour / 255), crop, flip."""
+    """Labeled augmentation (docs/method.md, recipe): random scale, pad (mean colour / 255), crop, flip."""
     crop = _check_size(crop_size, name="crop_size")
     scale_range = _check_range(scale_range, name="scale_range", low=0.0)
     if image.shape[:2] != label.shape:
@@ -133,7 +133,7 @@ def _color_jitter(
 
 
 def photometric_augment(image: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
-    """Per-crop photometric augmentation (DESIGN.md section 1 item 1): jitter p0.8, grey p0.2, blur p0.5."""
+    """Per-crop photometric augmentation (docs/method.md, DCLoss item 1): jitter p0.8, grey p0.2, blur p0.5."""
     img = Image.fromarray(image)
     if rng.random() < 0.8:
         img = _color_jitter(img, rng=rng)
@@ -201,7 +201,7 @@ def overlap_crop_pair(
     stride: int = BOX_STRIDE,
     photometric: bool = True,
 ) -> dict[str, np.ndarray | bool]:
-    """Two overlapping crops of one rescaled image with their overlap boxes (DESIGN.md section 1 item 1).
+    """Two overlapping crops of one rescaled image with their overlap boxes (docs/method.md, DCLoss item 1).
 
     Boxes are [y0, x0, y1, x1] (end-exclusive) in each crop's own frame before its flip, multiples of
     stride. image1/2 and valid1/2 are as fed to the network, i.e. flipped when flip1/2 is True.

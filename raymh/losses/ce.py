@@ -1,4 +1,4 @@
-"""Supervised cross-entropy of one domain's head (DESIGN.md section 1, "Supervised loss")."""
+"""Supervised cross-entropy of one domain's head (docs/method.md, "Supervised loss")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Anchors and negatives of the DCLoss built from two overlapping crops (DESIGN.md section 1, items 1-4)."""
+"""Anchors and negatives of the DCLoss built from two overlapping crops (docs/method.md, DCLoss items 1-4)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def dc_loss_from_crops(
     valid2: Tensor | None = None,
     diagnostics: bool = False,
 ) -> dict:
-    """DCLoss of a crop pair: undo flips, align the overlap boxes, negatives = all positions (DESIGN.md 1.2-1.5).
+    """DCLoss of a crop pair: undo flips, align the overlap boxes, negatives = all positions (docs/method.md, DCLoss items 2-5).
 
     proj*: (B, D, h, w) stride-8 L2-normalised projections; logits*: (B, C, h, w) stride-8 logits; box*: (B, 4)
     [y0, x0, y1, x1] overlap in pixels (multiples of 8) in each crop's unflipped frame; flip*: (B,) bool;
@@ -68,7 +68,7 @@ def overlap_anchors(
     valid1: Tensor | None = None,
     valid2: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """Aligned anchors of the overlap and all negatives of a crop pair (DESIGN.md section 1, items 2-4).
+    """Aligned anchors of the overlap and all negatives of a crop pair (docs/method.md, DCLoss items 2-4).
 
     Same arguments as dc_loss_from_crops. Returns a1, a2 (n, D) (gradients flow), y1, y2 (n,) pseudo-labels,
     c1, c2 (n,) confidences, neg (N, D) detached and neg_labels (N,): anchors valid on both sides, negatives

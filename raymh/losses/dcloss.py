@@ -1,4 +1,4 @@
-"""Directional Contrastive Loss, streamed over the negatives (DESIGN.md section 1, item 5).
+"""Directional Contrastive Loss, streamed over the negatives (docs/method.md, DCLoss item 5).
 
 For an anchor a_i with positive p_i = sg(partner_i) and label y_i, against negatives b_j with labels yb_j:
 
@@ -39,7 +39,7 @@ _EPS = 1e-12
 
 
 def direction_masks(c1: Tensor, c2: Tensor, *, gamma: float) -> dict[str, Tensor]:
-    """Direction masks M1 = (c2 > gamma) & (c1 < c2) and M2 = (c1 > gamma) & (c2 < c1) (DESIGN.md 1.5)."""
+    """Direction masks M1 = (c2 > gamma) & (c1 < c2) and M2 = (c1 > gamma) & (c2 < c1) (docs/method.md, DCLoss item 5)."""
     return {"m1": (c2 > gamma) & (c1 < c2), "m2": (c1 > gamma) & (c2 < c1)}
 
 
@@ -57,7 +57,7 @@ def directional_contrastive_loss(
     gamma: float = 0.75,
     chunk_size: int | None = None,
 ) -> Tensor:
-    """L_dc = loss1 + loss2, loss_k = sum(M_k l_k) / max(sum M_k, eps) (DESIGN.md section 1, item 5).
+    """L_dc = loss1 + loss2, loss_k = sum(M_k l_k) / max(sum M_k, eps) (docs/method.md, DCLoss item 5).
 
     a1, a2: (n, D) aligned L2-normalised anchors (gradients flow into both); y1, y2: (n,) integer
     pseudo-labels; c1, c2: (n,) confidences; neg: (N, D) negatives (detached here); neg_labels: (N,).

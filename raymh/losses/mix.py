@@ -1,4 +1,4 @@
-"""Mix Loss: L = sum over domains of (CE_d + lambda * DC_d) (DESIGN.md section 1, "Mix Loss")."""
+"""Mix Loss: L = sum over domains of (CE_d + lambda * DC_d) (docs/method.md, "Mix Loss")."""
 
 from __future__ import annotations
 

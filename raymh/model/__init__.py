@@ -1,4 +1,4 @@
-"""Multi-head DeepLabv3+ (DESIGN.md section 1): shared trunk, per-domain heads, shared projection head."""
+"""Multi-head DeepLabv3+ (docs/method.md): shared trunk, per-domain heads, shared projection head."""
 
 from raymh.model.backbone import RESNET_NAMES, ResNetBackbone
 from raymh.model.deeplab import FUSION_CHANNELS, MultiHeadDeepLab, count_parameters, param_groups

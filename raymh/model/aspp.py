@@ -1,4 +1,4 @@
-"""Atrous Spatial Pyramid Pooling (DESIGN.md section 1: rates 6/12/18 at OS16, 12/24/36 at OS8)."""
+"""Atrous Spatial Pyramid Pooling (docs/method.md: rates 6/12/18 at OS16, 12/24/36 at OS8)."""
 
 from __future__ import annotations
 

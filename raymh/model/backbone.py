@@ -1,4 +1,4 @@
-"""ResNet trunk with dilation for output stride 16 or 8 (DESIGN.md section 1, shared network)."""
+"""ResNet trunk with dilation for output stride 16 or 8 (docs/method.md, shared network)."""
 
 from __future__ import annotations
 

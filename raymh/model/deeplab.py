@@ -1,4 +1,4 @@
-"""Multi-head DeepLabv3+: shared ResNet+ASPP+decoder fusion, one head per domain, shared projection (DESIGN.md s.1)."""
+"""Multi-head DeepLabv3+: shared ResNet+ASPP+decoder fusion, one head per domain, shared projection (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ LOW_LEVEL_CHANNELS = 48
 ASPP_CHANNELS = 256
 HEAD_CHANNELS = 256
 FUSION_CHANNELS = ASPP_CHANNELS + LOW_LEVEL_CHANNELS  # 304, at stride 4
-INPUT_MULTIPLE = 8  # stride-8 maps must align with the 8-pixel overlap boxes (DESIGN.md s.1, DCLoss step 1)
+INPUT_MULTIPLE = 8  # stride-8 maps must align with the 8-pixel overlap boxes (docs/method.md, DCLoss item 1)
 
 
 class MultiHeadDeepLab(nn.Module):

@@ -1,4 +1,4 @@
-"""Per-domain segmentation head and the shared projection head (DESIGN.md section 1, multi-head + projection)."""
+"""Per-domain segmentation head and the shared projection head (docs/method.md, multi-head + projection)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Input normalisation for the ImageNet-pretrained trunk (DESIGN.md section 1: images go in ImageNet-normalised)."""
+"""Input normalisation for the ImageNet-pretrained trunk (docs/method.md: images go in ImageNet-normalised)."""
 
 from __future__ import annotations
 

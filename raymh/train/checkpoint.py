@@ -1,7 +1,7 @@
 """Training state save and load, as mirror images: what `save_state` writes, `load_state` restores.
 
 A checkpoint directory holds `state.pt` (model, optimizer, scheduler, step, best score, RNG states,
-MLflow run id) and `config.yaml` (the resolved config, so `raymh eval --checkpoint DIR` needs nothing else).
+MLflow run id, the raymh version that wrote it) and `config.yaml` (the resolved config, so `raymh eval --checkpoint DIR` needs nothing else).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from raymh import __version__
 
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.yaml"
@@ -60,6 +62,7 @@ def save_state(
         "best_score": best_score,
         "rng": rng_state(),
         "mlflow_run_id": mlflow_run_id,
+        "raymh_version": __version__,
     }
     path = directory / STATE_FILE
     tmp = path.with_suffix(".tmp")
@@ -85,7 +88,7 @@ def load_state(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     restore_rng: bool = True,
 ) -> dict[str, Any]:
-    """Restore what `save_state` wrote; returns {"step", "best_score", "mlflow_run_id"}."""
+    """Restore what `save_state` wrote; returns {"step", "best_score", "mlflow_run_id", "raymh_version"}."""
     state = read_state(directory)
     unwrap(model).load_state_dict(state["model"])
     if optimizer is not None:
@@ -94,7 +97,12 @@ def load_state(
         scheduler.load_state_dict(state["scheduler"])
     if restore_rng:
         set_rng_state(state["rng"])
-    return {"step": state["step"], "best_score": state["best_score"], "mlflow_run_id": state["mlflow_run_id"]}
+    return {
+        "step": state["step"],
+        "best_score": state["best_score"],
+        "mlflow_run_id": state["mlflow_run_id"],
+        "raymh_version": state.get("raymh_version"),  # None: written before versions were recorded
+    }
 
 
 def model_from_checkpoint(directory: str | Path, model_cfg, num_classes: dict[str, int]) -> torch.nn.Module:

@@ -26,6 +26,7 @@ from typing import Any
 
 import ray
 
+from raymh import console
 from raymh.config import (
     ConfigError,
     ExperimentConfig,
@@ -118,7 +119,7 @@ def run_tags(cfg: ExperimentConfig) -> dict[str, str]:
 def build_domain_data(cfg: ExperimentConfig) -> dict[str, Any]:
     """Prepared dirs -> per-domain Ray Datasets (labeled, unlabeled, val) and their split lists."""
     from raymh.data.cache import prepared_dirs
-    from raymh.data.pipeline import build_domain_data as build_one
+    from raymh.data.driver_datasets import build_domain_data as build_one
 
     prepared = prepared_dirs(cfg)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines drown raymh's own
@@ -160,7 +161,8 @@ def build_trainer(
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from raymh.data.pipeline import dataset_name
+    from raymh.data.driver_datasets import ingest_options
+    from raymh.data.sets import dataset_name
     from raymh.train.worker import train_loop_per_worker
 
     datasets, to_split = {}, []
@@ -192,7 +194,7 @@ def build_trainer(
             num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources
         ),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=to_split),
+        dataset_config=ray.train.DataConfig(datasets_to_split=to_split, execution_options=ingest_options()),
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=storage_root(cfg),
@@ -202,6 +204,7 @@ def build_trainer(
                 checkpoint_score_order="max",
             ),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level=console.train_log_level()),
             callbacks=callbacks or None,
         ),
     )
@@ -253,6 +256,7 @@ def fit(
     init_ray(cfg, address)
     domain_data = build_domain_data(cfg)
     files.mkdir(parents=True, exist_ok=True)
+    console.attach_log(files / "console.log", announce=not quiet)
     uri = resolve_tracking_uri(cfg)
     spool = files / "mlflow_unsent.jsonl"
     if record is None:
@@ -266,7 +270,7 @@ def fit(
         tracked.log_params(flatten(cfg))
         if sampled:  # a Tune trial: its sampled values, also under their own names
             tracked.log_params({f"sampled.{k}": v for k, v in sampled.items()})
-        from raymh.data.pipeline import write_split_lists
+        from raymh.data.driver_datasets import write_split_lists
 
         for dd in domain_data.values():
             write_split_lists(files / "splits", dd)
@@ -422,7 +426,8 @@ def evaluate_checkpoint(
     """`raymh eval`: load a checkpoint (or a run's best one) and evaluate every domain's val split."""
     import torch
 
-    from raymh.data.pipeline import dataset_name, val_batches
+    from raymh.data.sets import dataset_name
+    from raymh.data.worker_batches import val_batches
     from raymh.model import normalize_uint8
     from raymh.train.checkpoint import CONFIG_FILE, model_from_checkpoint
     from raymh.train.evaluate import evaluate_domains, miou_metrics

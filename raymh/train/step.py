@@ -1,4 +1,4 @@
-"""One training step of the method: per-domain CE and DCLoss, the Mix Loss (DESIGN.md section 1).
+"""One training step of the method: per-domain CE and DCLoss, the Mix Loss (docs/method.md).
 
 L = sum_d ( CE_d + lambda_t * DC_d ); one forward of the shared body over every domain's images (or one per
 domain), each head on its own slice, one backward by the caller.

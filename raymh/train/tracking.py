@@ -22,7 +22,11 @@ from raymh.config import ExperimentConfig
 
 def resolve_tracking_uri(cfg: ExperimentConfig | None = None) -> str:
     """Config, else MLFLOW_TRACKING_URI, else sqlite:///<abs cwd>/mlflow.db; relative sqlite/file paths made absolute."""
-    uri = (cfg.tracking.tracking_uri if cfg else None) or os.environ.get("MLFLOW_TRACKING_URI")
+    return absolute_tracking_uri((cfg.tracking.tracking_uri if cfg else None) or os.environ.get("MLFLOW_TRACKING_URI"))
+
+
+def absolute_tracking_uri(uri: str | None) -> str:
+    """A tracking URI with relative sqlite/file paths made absolute; None: sqlite:///<abs cwd>/mlflow.db."""
     if not uri:
         return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):

@@ -23,13 +23,15 @@ import torch
 import torch.distributed as dist
 
 from raymh.config import config_from_dict, to_yaml
-from raymh.data.pipeline import StepBatches, train_transforms, val_batches
+from raymh.data.batch_transforms import train_transforms
+from raymh.data.worker_batches import StepBatches, val_batches
 from raymh.model import MultiHeadDeepLab, normalize_uint8
 from raymh.train import artifacts
 from raymh.train.checkpoint import load_state, save_state, unwrap
 from raymh.train.evaluate import evaluate_domains, miou_metrics
 from raymh.train.interrupt import WorkerStopCheck
 from raymh.train.optim import build_optimizer, poly_scheduler
+from raymh.train.progress import Eta
 from raymh.train.step import mix_loss_step
 from raymh.train.tracking import TrackedRun
 
@@ -166,8 +168,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     model.train()
     t_log, images_since = time.perf_counter(), 0
-    t_start = t_log
+    eta = Eta(cfg.train.iters, restart_at=[cfg.loss.dc_start_iter])  # DCLoss steps cost about twice as much
     for step in range(start, cfg.train.iters):
+        eta.step_starts(step)
         batch = next(batches)
         logging_step = rank == 0 and ((step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.iters)
         out = mix_loss_step(
@@ -191,13 +194,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if logging_step:
             now = time.perf_counter()
             ips = images_since * world / max(now - t_log, 1e-9)
-            eta = (now - t_start) / max(done - start, 1) * (cfg.train.iters - done)
             metrics = {f"train/{k}": v for k, v in {**out.parts, **out.stats}.items()}
             metrics.update({"train/lr": scheduler.get_last_lr()[0], "train/images_per_s": ips})
             if tracked:
                 tracked.log_metrics(metrics, step=done)
             terms = " ".join(f"{k}={v:.3f}" for k, v in out.parts.items() if k != "dc_weight")
-            say(f"step {done}/{cfg.train.iters} eta {eta / 60:.1f}m {terms} {ips:.1f} img/s")
+            say(f"step {done}/{cfg.train.iters} eta {eta.seconds(done) / 60:.1f}m {terms} {ips:.1f} img/s")
             t_log, images_since = now, 0
 
         saved = False

@@ -1,6 +1,6 @@
 """Tune search spaces: `tune_spaces/*.yaml` parsed, checked against the config model, mapped to Ray Tune.
 
-A space file (DESIGN.md section 4) looks like this; every top-level field but `params` is optional:
+A space file (`raymh tune`) looks like this; every top-level field but `params` is optional:
 
     metric: val/miou_mean      # what the trials report; default val/miou_mean
     mode: max                  # max | min; default max

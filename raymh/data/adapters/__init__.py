@@ -1,4 +1,4 @@
-"""Dataset adapters: one class per dataset kind, looked up by name (DESIGN.md section 2).
+"""Dataset adapters: one class per dataset kind, looked up by name (docs/data.md).
 
 Adding a dataset = one adapter module with its label map, one line in `ADAPTERS`, and a test fixture.
 """

@@ -1,4 +1,4 @@
-"""The adapter contract: how one dataset kind is listed, split and mapped to train ids (DESIGN.md section 2)."""
+"""The adapter contract: how one dataset kind is listed, split and mapped to train ids (docs/data.md)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from raymh.data.labels import IGNORE_INDEX
+from raymh.errors import InputError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
-class AdapterError(ValueError):
+class AdapterError(InputError):
     """A dataset root, split or class file that an adapter cannot read as its kind."""
 
 

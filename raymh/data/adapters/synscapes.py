@@ -7,7 +7,7 @@ from typing import Any
 
 from raymh.data.adapters.base import AdapterError, Sample, images_in
 from raymh.data.adapters.cityscapes import CityscapesAdapter
-from raymh.data.splits import rank_ids
+from raymh.data.ranking import rank_ids
 
 
 class SynscapesAdapter(CityscapesAdapter):

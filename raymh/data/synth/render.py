@@ -107,7 +107,7 @@ def render_dataset(
     domains: Sequence[str] = DOMAINS,
     overwrite: bool = False,
 ) -> dict:
-    """Render `images` train and `val_images` val scenes per domain under out/<domain> (DESIGN.md section 2).
+    """Render `images` train and `val_images` val scenes per domain under out/<domain> (docs/data.md).
 
     Cityscapes and BDD100K get train/val folders; Synscapes gets images + val_images scenes numbered 1..K.
     A non-empty out/<domain> is an error unless `overwrite` (files are then replaced, never deleted).

@@ -1,0 +1,283 @@
+"""Driver side: each domain's labeled / unlabeled / val Ray Datasets, built from its prepared Parquet shards.
+
+Runs in the driver process (`raymh train`, `raymh eval`, the benchmarks), before the TorchTrainer starts.
+Each domain's sets are read from the prepared Parquet shards; train batches are decoded and augmented in
+`map_batches` CPU tasks (or, with `data.transforms_on: worker`, in the train worker: the sets then hold
+encoded rows), and (train sets only) split across Ray Train workers by
+`DataConfig(datasets_to_split=...)`, i.e. `streaming_split(world_size, equal=True)`. Val sets are decoded
+once and materialized; they are never split by Ray (see `raymh.data.worker_batches.val_batches`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from raymh.data import splits
+from raymh.data.batch_transforms import check_crop, labeled_batch, unlabeled_batch, val_batch
+from raymh.data.sets import PARTS, dataset_name
+from raymh.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DomainData:
+    """One domain's prepared data: its manifest, split ids and the three Ray Datasets."""
+
+    name: str
+    manifest: dict[str, Any]
+    num_classes: int
+    labeled_ids: list[str]
+    unlabeled_ids: list[str]
+    labeled: Any  # ray.data.Dataset
+    unlabeled: Any
+    val: Any
+    val_ids: list[str] = field(default_factory=list)
+
+    def datasets(self) -> dict[str, Any]:
+        """{dataset_name(domain, part): dataset} for TorchTrainer(datasets=...)."""
+        return {dataset_name(self.name, p): getattr(self, p) for p in PARTS}
+
+
+def _select_rows(table: pa.Table, *, ids: list[str]) -> pa.Table:
+    """Keep the rows whose id is in ids."""
+    return table.filter(pc.is_in(table["id"], value_set=pa.array(ids, type=pa.string())))
+
+
+def _repeat_rows(table: pa.Table, *, repeat: int) -> pa.Table:
+    """Every row `repeat` times (small sets fill every shard; UniMatch repeats its labeled list)."""
+    return pa.concat_tables([table] * repeat)
+
+
+# ------------------------------------------------------------------------------------------------ building
+def _parquet_files(prepared: Path, split: str) -> list[str]:
+    files = sorted(str(p) for p in (prepared / split).glob("part-*.parquet"))
+    if not files:
+        raise FileNotFoundError(
+            f"no Parquet shards {prepared / split / 'part-*.parquet'}; run `raymh data prepare` for this domain"
+        )
+    return files
+
+
+def _read_manifest(prepared: Path) -> dict[str, Any]:
+    path = prepared / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no manifest {path}; is {prepared} a `raymh data prepare` output dir?")
+    manifest = json.loads(path.read_text())
+    if "num_classes" not in manifest:
+        raise InputError(f"manifest {path} has no 'num_classes'; re-run `raymh data prepare`")
+    return manifest
+
+
+def _scan_ids(files: list[str]) -> tuple[list[str], list[str]]:
+    """(all ids, ids with a label) of a split, reading only the id and label columns."""
+    table = pq.read_table(files, columns=["id", "label"])
+    ids = table["id"].to_pylist()
+    has_label = pc.is_valid(table["label"]).to_pylist()
+    return ids, [i for i, ok in zip(ids, has_label, strict=True) if ok]
+
+
+def _cached_rows(files: list[str], ids: list[str], *, columns: list[str], repeat: int):
+    """The rows of `ids` from the Parquet files, put in the object store one file at a time, as a Dataset
+    whose block list names every block `repeat` times (repeating costs no memory). No Ray Data execution:
+    a few Parquet reads here instead of a read/filter/materialize run per set (seconds each on 2 cores)."""
+    import ray
+    import ray.data
+
+    refs = []
+    for path in files:
+        table = _select_rows(pq.read_table(path, columns=columns), ids=ids)
+        if table.num_rows:
+            refs.append(ray.put(table))
+    return ray.data.from_arrow_refs(refs * repeat)
+
+
+def _train_set(
+    files, ids, *, columns, fn, fn_kwargs, min_rows, shuffle, map_batch_size, num_cpus, cache_encoded, what,
+    transforms_on="ray_data",
+):
+    """read -> keep ids (repeated up to min_rows) [-> cache] -> shuffle -> small blocks -> decode + augment.
+
+    transforms_on="worker": stop after the (cached, repeated) encoded rows; the train worker decodes and
+    augments them itself (`raymh.data.worker_batches.StepBatches(transforms=...)`) and shuffles with a local buffer, so an epoch is a
+    read of object-store blocks with no Ray tasks at all.
+    """
+    import ray.data
+
+    repeat = max(1, math.ceil(min_rows / len(ids)))
+    if repeat > 1:
+        logger.info(
+            "%s: %d rows repeated %d times to reach %d rows per epoch", what, len(ids), repeat, min_rows
+        )
+    if transforms_on == "worker" and cache_encoded:
+        return _cached_rows(files, ids, columns=columns, repeat=repeat)
+    ds = (
+        ray.data.read_parquet(files)
+        .select_columns(columns)
+        .map_batches(_select_rows, batch_format="pyarrow", batch_size=None, fn_kwargs={"ids": ids})
+    )
+    if transforms_on == "worker":
+        if repeat > 1:
+            ds = ds.map_batches(
+                _repeat_rows, batch_format="pyarrow", batch_size=None, fn_kwargs={"repeat": repeat}
+            )
+        return ds
+    if cache_encoded:
+        ds = ds.materialize()  # encoded rows held in the object store: epochs skip listing and reading files
+    if repeat > 1:
+        ds = ds.map_batches(
+            _repeat_rows, batch_format="pyarrow", batch_size=None, fn_kwargs={"repeat": repeat}
+        )
+    if shuffle:
+        ds = ds.random_shuffle()  # a new order every epoch (seed None)
+    ds = ds.repartition(target_num_rows_per_block=map_batch_size)  # parallel decode even from one file
+    return ds.map_batches(fn, batch_size=map_batch_size, fn_kwargs=fn_kwargs, num_cpus=num_cpus)
+
+
+def build_domain_data(
+    prepared_dir: str | Path,
+    *,
+    domain: str,
+    labeled_fraction: float = 0.125,
+    split_file: str | Path | None = None,
+    seed: int = 0,
+    crop_size: Sequence[int] = (720, 720),
+    unlabeled_crop_size: Sequence[int] | None = None,
+    scale_range: Sequence[float] = (0.5, 2.0),
+    unlabeled_scale_range: Sequence[float] = (0.8, 2.0),
+    val_size: Sequence[int] | None = None,
+    min_rows: int = 1,
+    num_cpus_per_task: float = 1,
+    shuffle: bool = True,
+    map_batch_size: int = 16,
+    match_unlabeled: bool = True,
+    cache_encoded: bool = True,
+    materialize_val: bool = True,
+    transforms_on: str = "ray_data",
+) -> DomainData:
+    """One domain's labeled / unlabeled / val Ray Datasets from a prepared dir (docs/data.md).
+
+    min_rows: the smallest row count of a train set (pass batch_size * num_workers); smaller sets repeat
+    their rows so every worker's shard yields at least one full batch. match_unlabeled: also repeat the
+    labeled rows up to the unlabeled count (UniMatch), so a labeled epoch is about as long as an unlabeled
+    one; each new epoch restarts the Ray Data pipeline (seconds), so short epochs stall training.
+    shuffle: a new random row order every epoch (`random_shuffle`); map_batch_size: rows per decode task.
+    cache_encoded: read the train split's encoded rows once into the object store (now, at build time),
+    so epoch restarts skip listing and reading files (here 1.7 s vs 7.5 s to a first step); costs object
+    store memory of the encoded train split, once (Ray spills it to disk when short).
+    materialize_val: decode the val split once into the object store (object-store memory of the decoded
+    val images; pass val_size or False for very large val sets).
+    transforms_on: "ray_data" (train sets yield decoded, augmented batches from Ray Data CPU tasks) or
+    "worker" (train sets yield encoded rows, cached after repeating; the train worker decodes and augments
+    them with `batch_transforms.train_transforms`: no Ray Data tasks while training, the fastest choice on
+    a few cores).
+    """
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    prepared = Path(prepared_dir).expanduser()
+    manifest = _read_manifest(prepared)
+    train_files, val_files = _parquet_files(prepared, "train"), _parquet_files(prepared, "val")
+    crop = check_crop(crop_size, "crop_size")
+    crop_u = check_crop(unlabeled_crop_size or crop, "unlabeled_crop_size")
+    if min_rows < 1:
+        raise ValueError(f"min_rows must be >= 1 (batch_size * num_workers), got {min_rows}")
+    if transforms_on not in ("ray_data", "worker"):
+        raise ValueError(f"transforms_on must be 'ray_data' or 'worker', got {transforms_on!r}")
+
+    train_ids, with_label = _scan_ids(train_files)
+    val_ids, _ = _scan_ids(val_files)
+    if not with_label:
+        raise InputError(f"{prepared / 'train'}: no train row has a label; a labeled set needs some")
+    if split_file is not None:
+        chosen = splits.read_split_file(split_file, kind=manifest.get("kind"), known_ids=with_label)
+        labeled = sorted(set(chosen))
+    else:
+        labeled = splits.labeled_ids(with_label, fraction=labeled_fraction, seed=seed)
+    chosen_set = set(labeled)
+    unlabeled = sorted(i for i in train_ids if i not in chosen_set)
+    if not unlabeled:
+        logger.warning(
+            "%s: every train row is labeled (fraction 1.0); using all train rows as unlabeled", domain
+        )
+        unlabeled = sorted(train_ids)
+    if not val_ids:
+        raise InputError(f"{prepared / 'val'}: the val split has no rows")
+
+    common = {
+        "cache_encoded": cache_encoded,
+        "shuffle": shuffle,
+        "map_batch_size": map_batch_size,
+        "num_cpus": num_cpus_per_task,
+        "transforms_on": transforms_on,
+    }
+    labeled_ds = _train_set(
+        train_files, labeled, columns=["id", "image", "label"], fn=labeled_batch,
+        fn_kwargs={"crop_size": crop, "scale_range": tuple(scale_range)}, what=f"{domain}.labeled",
+        min_rows=max(min_rows, len(unlabeled) if match_unlabeled else 0), **common,
+    )  # fmt: skip
+    unlabeled_ds = _train_set(
+        # labels (where rows have them) travel for the pseudo-label diagnostic only
+        train_files, unlabeled, columns=["id", "image", "label"], fn=unlabeled_batch,
+        fn_kwargs={"crop_size": crop_u, "scale_range": tuple(unlabeled_scale_range)},
+        what=f"{domain}.unlabeled", min_rows=min_rows, **common,
+    )  # fmt: skip
+    val_ds = (
+        ray.data.read_parquet(val_files)
+        .select_columns(["id", "image", "label"])
+        .repartition(target_num_rows_per_block=map_batch_size)
+        .map_batches(
+            val_batch, batch_size=map_batch_size, num_cpus=num_cpus_per_task,
+            fn_kwargs={"size": None if val_size is None else tuple(val_size)},
+        )
+    )  # fmt: skip
+    if materialize_val:
+        # Decode val once, now: each evaluation then reads blocks from the object store instead of
+        # restarting a Ray Data execution per domain (seconds each; most of a short run's eval time).
+        val_ds = val_ds.materialize()
+    return DomainData(
+        name=domain,
+        manifest=manifest,
+        num_classes=int(manifest["num_classes"]),
+        labeled_ids=labeled,
+        unlabeled_ids=unlabeled,
+        labeled=labeled_ds,
+        unlabeled=unlabeled_ds,
+        val=val_ds,
+        val_ids=sorted(val_ids),
+    )
+
+
+def write_split_lists(run_dir: str | Path, domain_data: DomainData) -> dict[str, Path]:
+    """Record the domain's split as `<run_dir>/<domain>/labeled.txt` and `unlabeled.txt`."""
+    return splits.write_split_lists(
+        Path(run_dir) / domain_data.name, domain_data.labeled_ids, domain_data.unlabeled_ids
+    )
+
+
+def ingest_options():
+    """Ray Data's execution options for the sets handed to Ray Train (`DataConfig(execution_options=...)`).
+
+    The same options Train's default (`DataConfig.default_ingest_options`, Ray 2.60) makes from the current
+    `DataContext`, without passing the deprecated `exclude_resources` (zero unless set; raymh never sets
+    it), whose use makes Ray warn in every run. Train 2.60 adds no exclusion of its own either way.
+    """
+    from ray.data import DataContext, ExecutionOptions
+
+    current = DataContext.get_current().execution_options
+    return ExecutionOptions(
+        resource_limits=current.resource_limits,
+        preserve_order=current.preserve_order,
+        verbose_progress=current.verbose_progress,
+        label_selector=current.label_selector,
+    )

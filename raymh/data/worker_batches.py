@@ -1,0 +1,299 @@
+"""Worker side: the train worker's step batches (`StepBatches`) and its share of each val set (`val_batches`).
+
+Runs inside each Ray Train worker, on the shards `ray.train.get_dataset_shard` hands out for the sets the
+driver built (`raymh.data.driver_datasets`). Every worker cycles its shard of every domain, so every step
+sees one labeled and one unlabeled batch per domain. Validation is not split by Ray: every rank reads it
+all and keeps the ids that hash to it. (`raymh eval` reads val sets through `val_batches` on the driver,
+as a world of one.)
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from raymh.data.sets import dataset_name, shard_of
+
+
+def _default_get_shard() -> Callable[[str], Any]:
+    import ray.train
+
+    return ray.train.get_dataset_shard
+
+
+def _iter_numpy(
+    shard: Any, *, batch_size: int, drop_last: bool, prefetch_batches: int, shuffle_buffer: int | None = None
+) -> Iterator[dict]:
+    """Batches of a DataIterator / Dataset (or anything with iter_batches / iter_torch_batches)."""
+    if hasattr(shard, "iter_batches"):
+        return iter(
+            shard.iter_batches(
+                batch_size=batch_size,
+                batch_format="numpy",
+                drop_last=drop_last,
+                prefetch_batches=prefetch_batches,
+                **({"local_shuffle_buffer_size": shuffle_buffer} if shuffle_buffer else {}),
+            )
+        )
+    if hasattr(shard, "iter_torch_batches"):
+        return iter(shard.iter_torch_batches(batch_size=batch_size, drop_last=drop_last))
+    raise TypeError(f"a dataset shard needs iter_batches or iter_torch_batches, got {type(shard).__name__}")
+
+
+def _to_torch(batch: dict[str, Any], *, device, keep_ids: bool) -> dict[str, Any]:
+    """numpy -> torch on device; labels as int64; ids (strings) kept as a list only when asked."""
+    import torch
+
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, np.ndarray) and value.dtype.kind in "OUS":
+            if keep_ids:
+                out[key] = [str(v) for v in value]
+            continue
+        if isinstance(value, list):  # already a list of str (iter_torch_batches)
+            if keep_ids:
+                out[key] = value
+            continue
+        if isinstance(value, np.ndarray) and not value.flags.writeable:
+            value = value.copy()  # Ray hands out read-only views; the training step may write in place
+        tensor = torch.as_tensor(value)
+        if key == "label":
+            tensor = tensor.long()
+        out[key] = tensor if device is None else tensor.to(device, non_blocking=True)
+    return out
+
+
+class _ShardFeeder:
+    """A daemon thread cycling one shard forever into a bounded queue (epochs restart in the background).
+
+    Streaming-split shards start a new epoch only when every rank's shard does; a feeder reaches the end of
+    an epoch once its rank has taken all of that epoch's batches, which DDP's lockstep guarantees on every
+    rank before any rank can wait on the next epoch, so the barrier cannot deadlock.
+    """
+
+    def __init__(
+        self,
+        shard: Any,
+        *,
+        name: str,
+        batch_size: int,
+        depth: int,
+        keep_ids: bool,
+        raw: bool = False,
+        shuffle_buffer: int | None = None,
+    ) -> None:
+        self.name, self.epochs = name, 0
+        self._shard, self._batch_size, self._keep_ids = shard, batch_size, keep_ids
+        self._raw, self._shuffle_buffer = raw, shuffle_buffer  # raw: hand numpy batches over as they come
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"raymh-feed-{name}", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                n = 0
+                batches = _iter_numpy(
+                    self._shard,
+                    batch_size=self._batch_size,
+                    drop_last=True,
+                    prefetch_batches=1,
+                    shuffle_buffer=self._shuffle_buffer,
+                )
+                try:
+                    for batch in batches:
+                        n += 1
+                        item = batch if self._raw else _to_torch(batch, device=None, keep_ids=self._keep_ids)
+                        if not self._put(item):
+                            return
+                finally:
+                    close = getattr(batches, "close", None)
+                    if close is not None:
+                        close()
+                if n == 0:
+                    raise RuntimeError(
+                        f"the {self.name} shard yields no full batch of {self._batch_size}; build it with "
+                        "min_rows >= batch_size * num_workers (build_domain_data) so every shard has a batch"
+                    )
+                self.epochs += 1
+        except BaseException as err:  # handed to the consumer, raised there
+            self._put(err)
+
+    def get(self) -> dict[str, Any]:
+        while True:
+            try:
+                item = self._queue.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive():
+                    raise RuntimeError(f"the {self.name} feeder thread stopped") from None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+class StepBatches:
+    """Worker-side iterator: each next() gives {domain: {"labeled": {...}, "unlabeled": {...}}} of torch tensors.
+
+    Every domain's labeled and unlabeled shard is cycled forever by a background feeder thread (a new
+    epoch when one is exhausted; drop_last, so shapes are fixed), so pipeline start-ups and epoch restarts
+    of all sets overlap each other and the training step. With `streaming_split(equal=True)` (what
+    DataConfig uses) every rank's shard has the same row count, hence the same batches per epoch, and the
+    ranks' epochs roll over together without deadlock (see `_ShardFeeder`). Labels come as int64.
+
+    transforms: {"labeled": fn, "unlabeled": fn} (`batch_transforms.train_transforms`) when the shards hold encoded rows
+    (data.transforms_on: worker): the feeders then only fetch rows (shuffled through a local buffer of
+    shuffle_buffer rows; 0 or None: in the set's order) and next() decodes and augments them here, in the
+    caller's thread, so the work never competes with the training step's threads and follows the
+    transforms' seeded generator.
+    """
+
+    def __init__(
+        self,
+        domains: Sequence[str],
+        *,
+        labeled_batch_size: int,
+        unlabeled_batch_size: int,
+        get_shard: Callable[[str], Any] | None = None,
+        device: Any = "cpu",
+        prefetch_batches: int = 2,
+        keep_ids: bool = False,
+        transforms: Mapping[str, Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]] | None = None,
+        shuffle_buffer: int | None = 64,
+    ) -> None:
+        if not domains:
+            raise ValueError("StepBatches needs at least one domain")
+        sizes = {"labeled": labeled_batch_size, "unlabeled": unlabeled_batch_size}
+        for part, size in sizes.items():
+            if size < 1:
+                raise ValueError(f"{part}_batch_size must be >= 1, got {size}")
+        self.domains = list(domains)
+        self.batch_sizes = sizes
+        self._get_shard = get_shard or _default_get_shard()
+        self._device = device
+        self._depth = prefetch_batches
+        self._keep_ids = keep_ids
+        if transforms is not None and set(transforms) != {"labeled", "unlabeled"}:
+            raise ValueError(f"transforms needs 'labeled' and 'unlabeled' functions, got {sorted(transforms)}")
+        self._transforms = transforms
+        self._shuffle_buffer = shuffle_buffer
+        self._feeders: dict[tuple[str, str], _ShardFeeder] = {}
+
+    def __iter__(self) -> StepBatches:
+        return self
+
+    @property
+    def epochs(self) -> dict[tuple[str, str], int]:
+        """Completed epochs per (domain, part) (counted by the feeders, which may run ahead)."""
+        return {key: feeder.epochs for key, feeder in self._feeders.items()}
+
+    def _start(self) -> None:
+        for domain in self.domains:
+            for part in ("labeled", "unlabeled"):
+                name = dataset_name(domain, part)
+                shard = self._get_shard(name)
+                if shard is None:
+                    raise KeyError(
+                        f"no dataset {name!r} was passed to the trainer (TorchTrainer(datasets=...))"
+                    )
+                self._feeders[(domain, part)] = _ShardFeeder(
+                    shard,
+                    name=name,
+                    batch_size=self.batch_sizes[part],
+                    depth=self._depth,
+                    keep_ids=self._keep_ids,
+                    raw=self._transforms is not None,
+                    shuffle_buffer=(self._shuffle_buffer or None) if self._transforms is not None else None,
+                )
+
+    def __next__(self) -> dict[str, dict[str, dict[str, Any]]]:
+        if not self._feeders:
+            self._start()
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for domain in self.domains:
+            out[domain] = {}
+            for part in ("labeled", "unlabeled"):
+                batch = self._feeders[(domain, part)].get()
+                if self._transforms is not None:
+                    batch = _to_torch(self._transforms[part](batch), device=None, keep_ids=self._keep_ids)
+                out[domain][part] = {
+                    k: v.to(self._device, non_blocking=True) if hasattr(v, "to") else v
+                    for k, v in batch.items()
+                }
+        return out
+
+    def close(self) -> None:
+        """Stop the feeder threads (and their shard iterators) before Ray shuts down."""
+        for feeder in self._feeders.values():
+            feeder.close()
+        self._feeders.clear()
+
+    def __del__(self) -> None:
+        if getattr(self, "_feeders", None):
+            self.close()
+
+
+def _rows(batch: dict[str, Any]) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    for sid, image, label in zip(batch["id"], batch["image"], batch["label"], strict=True):
+        yield str(sid), np.asarray(image), np.asarray(label)
+
+
+def val_batches(
+    domain: str,
+    *,
+    rank: int,
+    world_size: int,
+    batch_size: int = 1,
+    get_shard: Callable[[str], Any] | None = None,
+    device: Any = "cpu",
+) -> Iterator[dict[str, Any]]:
+    """This rank's val batches: rows whose shard_of(id) == rank (disjoint and covering over ranks, no padding).
+
+    Yields {"id": list[str], "image": (B,3,H,W) uint8, "label": (B,H,W) int64}; a batch holds consecutive
+    same-size rows, up to batch_size (the last one may be smaller).
+    """
+    import torch
+
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    shard = (get_shard or _default_get_shard())(dataset_name(domain, "val"))
+    if shard is None:
+        raise KeyError(f"no dataset {dataset_name(domain, 'val')!r} was passed to the trainer")
+    pending: list[tuple[str, np.ndarray, np.ndarray]] = []
+
+    def flush() -> dict[str, Any]:
+        ids, images, labels = zip(*pending, strict=True)
+        pending.clear()
+        return {
+            "id": list(ids),
+            "image": torch.from_numpy(np.stack(images)).to(device),
+            "label": torch.from_numpy(np.stack(labels)).long().to(device),
+        }
+
+    for batch in _iter_numpy(shard, batch_size=max(batch_size, 8), drop_last=False, prefetch_batches=1):
+        for row in _rows(batch):
+            if shard_of(row[0], world_size=world_size) != rank:
+                continue
+            if pending and (row[1].shape != pending[0][1].shape or len(pending) == batch_size):
+                yield flush()
+            pending.append(row)
+    if pending:
+        yield flush()
