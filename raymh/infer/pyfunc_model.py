@@ -1,0 +1,44 @@
+"""The MLflow pyfunc model of a raymh model, logged as code (MLflow's models-from-code): nothing is pickled.
+
+MLflow loads this file, and `set_model` names the model object; its artifacts are the weights as a tensor
+state dict (`weights.pt`, read with weights_only=True) and the inference record (`inference.json`: classes,
+palettes, label formats, model config, normalisation). Input: a batch of images, uint8 (N, H, W, 3) RGB, or
+one image (H, W, 3); params: `domain` (default: the first) and optionally `mode`. Output: uint8 label maps
+(N, H, W) of the domain's train ids.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.pyfunc import PythonModel
+
+
+class RaymhSegmentation(PythonModel):
+    def load_context(self, context) -> None:
+        from raymh.infer.loading import ModelBundle, bundle_from_dir
+        from raymh.infer.segmenter import Segmenter
+
+        bundle: ModelBundle = bundle_from_dir(Path(context.artifacts["weights"]).parent)
+        self.segmenter = Segmenter(bundle)
+        self.default_domain = next(iter(bundle.domains))
+
+    def predict(self, context, model_input, params=None):
+        params = params or {}
+        images = np.asarray(model_input)
+        single = images.ndim == 3
+        if single:
+            images = images[None]
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(
+                f"input must be uint8 RGB images shaped (N, H, W, 3) or (H, W, 3); got {images.shape} {images.dtype}"
+            )
+        if params.get("mode"):
+            self.segmenter.mode = params["mode"]
+        preds = np.stack(self.segmenter.predict(list(images), params.get("domain") or self.default_domain))
+        return preds[0] if single else preds
+
+
+mlflow.models.set_model(RaymhSegmentation())
