@@ -2,8 +2,8 @@
 
 MLflow loads this file, and `set_model` names the model object; its artifacts are the weights as a tensor
 state dict (`weights.pt`, read with weights_only=True) and the inference record (`inference.json`: classes,
-palettes, label formats, model config, normalisation). Input: a batch of images, uint8 (N, H, W, 3) RGB, or
-one image (H, W, 3); params: `domain` (default: the first) and optionally `mode`. Output: uint8 label maps
+palettes, label formats, model config, normalisation). Input: a batch of images, uint8 (N, H, W, 3) RGB
+(the signature's shape; called without schema checks, one (H, W, 3) image works too); params: `domain` (default: the first) and optionally `mode`. Output: uint8 label maps
 (N, H, W) of the domain's train ids.
 """
 
