@@ -16,8 +16,8 @@ def model_signature(bundle: ModelBundle):
 
     predict = bundle.info.get("predict") or {}
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3), name="images")]),
-        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1), name="labels")]),
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),  # unnamed: predict gets the array itself
+        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]),
         params=ParamSchema([
             ParamSpec("domain", "string", next(iter(bundle.domains))),
             ParamSpec("mode", "string", predict.get("mode") or "whole"),

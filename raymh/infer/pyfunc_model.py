@@ -27,6 +27,8 @@ class RaymhSegmentation(PythonModel):
 
     def predict(self, context, model_input, params=None):
         params = params or {}
+        if isinstance(model_input, dict):  # a named tensor input arrives as {name: array}
+            model_input = next(iter(model_input.values()))
         images = np.asarray(model_input)
         single = images.ndim == 3
         if single:
@@ -35,9 +37,10 @@ class RaymhSegmentation(PythonModel):
             raise ValueError(
                 f"input must be uint8 RGB images shaped (N, H, W, 3) or (H, W, 3); got {images.shape} {images.dtype}"
             )
-        if params.get("mode"):
-            self.segmenter.mode = params["mode"]
-        preds = np.stack(self.segmenter.predict(list(images), params.get("domain") or self.default_domain))
+        mode = params.get("mode") or None
+        if mode not in (None, "whole", "slide"):
+            raise ValueError(f"params mode={mode!r}: use 'whole' or 'slide'")
+        preds = np.stack(self.segmenter.predict(list(images), params.get("domain") or self.default_domain, mode=mode))
         return preds[0] if single else preds
 
 

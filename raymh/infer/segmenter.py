@@ -43,8 +43,6 @@ class Segmenter:
         self.mode = mode or defaults.get("mode") or "whole"
         window = window or defaults.get("window")
         self.window = tuple(window) if window else None
-        if self.mode == "slide" and self.window is None:
-            raise ValueError("mode 'slide' needs a window size (e.g. --window 512 1024)")
         self.precision = precision or defaults.get("precision") or "fp32"
         self.device = torch.device(device)
         self.autocast_dtype, self.channels_last = autocast_settings(
@@ -59,8 +57,8 @@ class Segmenter:
         return self.bundle.domains
 
     @torch.inference_mode()
-    def logits(self, images: torch.Tensor, domain: str) -> torch.Tensor:
-        """Full-resolution float logits (B,C,H,W) of uint8 images (B,3,H,W)."""
+    def logits(self, images: torch.Tensor, domain: str, *, mode: str | None = None) -> torch.Tensor:
+        """Full-resolution float logits (B,C,H,W) of uint8 images (B,3,H,W) (`mode`: this call's, else the default)."""
         from raymh.model import normalize_uint8
         from raymh.train.evaluate import predict_logits
 
@@ -69,9 +67,9 @@ class Segmenter:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            return predict_logits(self.model, x, domain, mode=self.mode, window=self.window).float()
+            return predict_logits(self.model, x, domain, mode=mode or self.mode, window=self.window).float()
 
-    def predict(self, images: Sequence[np.ndarray], domain: str) -> list[np.ndarray]:
+    def predict(self, images: Sequence[np.ndarray], domain: str, *, mode: str | None = None) -> list[np.ndarray]:
         """One HxW uint8 label map per HxWx3 uint8 image; same-size images run as one batch."""
         out: list[np.ndarray | None] = [None] * len(images)
         by_size: dict[tuple[int, ...], list[int]] = {}
@@ -81,7 +79,7 @@ class Segmenter:
             by_size.setdefault(img.shape, []).append(i)
         for idx in by_size.values():
             batch = torch.from_numpy(np.stack([images[i] for i in idx])).permute(0, 3, 1, 2)
-            pred = self.logits(batch, domain).argmax(1).to(torch.uint8).cpu().numpy()
+            pred = self.logits(batch, domain, mode=mode).argmax(1).to(torch.uint8).cpu().numpy()
             for j, i in enumerate(idx):
                 out[i] = pred[j]
         return out  # type: ignore[return-value]
