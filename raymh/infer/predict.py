@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import io
+import logging
 import math
 import os
 import sys
@@ -36,12 +37,19 @@ class PredictSummary:
     written: int = 0
     skipped_existing: int = 0
     bad: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
-    seconds: float = 0.0
-    first_output_s: float | None = None
+    seconds: float = 0.0  # the pipeline's run, from its start to its last output
+    first_output_s: float | None = None  # from the call (model load, Ray Data start-up and actor start included)
+    last_output_s: float | None = None
 
     @property
     def images_per_s(self) -> float:
         return self.written / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def steady_images_per_s(self) -> float:
+        """Throughput once outputs flow: (written - 1) / (last output - first output)."""
+        span = (self.last_output_s or 0.0) - (self.first_output_s or 0.0)
+        return (self.written - 1) / span if self.written > 1 and span > 0 else 0.0
 
 
 # ------------------------------------------------------------------------------------------ listing inputs
@@ -184,6 +192,7 @@ def run_predict(
 
     if not ray.is_initialized():
         _init_ray(address)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plan/progress INFO lines drown raymh's own
     cpus = int(ray.available_resources().get("CPU", os.cpu_count() or 1))
     threads = cpus_per_worker or max(1, (cpus - 1) // max(workers, 1))
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
@@ -213,14 +222,17 @@ def run_predict(
         summary.seconds = time.perf_counter() - t0
         return summary
 
-    ds = ds.map_batches(decode_images, batch_size=batch_size, num_cpus=1)
+    # Half a CPU each for decode and write tasks: they run beside the model actor on the CPUs it leaves, and
+    # resources unlike the actor's keep Ray Data from fusing decoding into the actor (serialising it there).
+    ds = ds.map_batches(decode_images, batch_size=batch_size, num_cpus=0.5)
     ds = ds.map_batches(
         SegmentBatch,
         fn_constructor_kwargs={
             "bundle": ray.put(bundle), "domain": domain, "mode": mode, "window": window, "precision": precision,
             "threads": threads, "device": "cuda" if gpus else "cpu", "keep_image": f.name == "overlay",
         },
-        batch_size=batch_size, concurrency=workers, num_cpus=0 if gpus else threads, num_gpus=gpus,
+        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=0 if gpus else threads,
+        num_gpus=gpus,
     )  # fmt: skip
     ds = ds.map_batches(write_outputs, fn_kwargs={"out": str(out), "fmt": f.name, "info": info},
                         batch_size=batch_size, num_cpus=0.5)  # fmt: skip
@@ -233,8 +245,9 @@ def run_predict(
                 print(f"[raymh] cannot read {rel}: {err}", file=sys.stderr, flush=True)
             else:
                 summary.written += 1
+                summary.last_output_s = time.perf_counter() - t0
                 if summary.first_output_s is None:
-                    summary.first_output_s = time.perf_counter() - t0
+                    summary.first_output_s = summary.last_output_s
         progress.update(summary.written + len(summary.bad))
     summary.seconds = time.perf_counter() - t_run
     progress.close()
@@ -242,8 +255,6 @@ def run_predict(
 
 
 def _init_ray(address: str | None) -> None:
-    import logging
-
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -252,7 +263,6 @@ def _init_ray(address: str | None) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(include_dashboard=False, runtime_env=env, log_to_driver=True)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plan/epoch INFO lines drown raymh's own
 
 
 class _Progress:
