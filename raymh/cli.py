@@ -1,4 +1,4 @@
-"""The `raymh` command line: data, train, eval, tune, runs, config.
+"""The `raymh` command line: data, train, eval, tune, reproduce, report, runs, predict, export, serve, config.
 
 Each command loads one typed config (a preset name or a YAML file) plus dotted `--set key=value` overrides,
 prints what it will do, then does it. Heavy imports (torch, ray, mlflow) happen inside the commands.
@@ -101,9 +101,13 @@ def train(config, overrides, resume, address, workers, use_gpu) -> None:
 def evaluate(checkpoint, config, overrides, address) -> None:
     """Evaluate a checkpoint on every domain's val split (per-domain and mean mIoU)."""
     console.install()
+    from raymh.train.checkpoint import UnsafeCheckpointError
     from raymh.train.driver import evaluate_checkpoint
 
-    evaluate_checkpoint(checkpoint, config=config, overrides=list(overrides), address=address)
+    try:
+        evaluate_checkpoint(checkpoint, config=config, overrides=list(overrides), address=address)
+    except UnsafeCheckpointError as e:
+        raise click.ClickException(str(e)) from None
 
 
 @main.command()
@@ -199,6 +203,90 @@ def runs_show(obj, run: str) -> None:
     from raymh.train.runs import show_run
 
     click.echo(show_run(obj["uri"], run, obj["experiments"]))
+MODEL_HELP = "a run name or run dir (its best checkpoint), a checkpoint dir, or an MLflow model URI (runs:/ID/model)"
+TRACKING_HELP = "MLflow tracking URI for runs:/ and models:/ (default: MLFLOW_TRACKING_URI, else ./mlflow.db)"
+
+
+@main.command()
+@click.option("--model", "model", required=True, help=MODEL_HELP)
+@click.option("--domain", required=True, help="which head (domain) labels the images")
+@click.option("--input", "input_", required=True, help="a folder (recursive), a glob, or a prepared Parquet dir")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="output folder (mirrors the inputs)")
+@click.option("--format", "fmt", type=click.Choice(["trainid", "color", "overlay", "cityscapes", "bdd100k"]),
+              default=None, help="default: the domain's own label format")
+@click.option("--mode", type=click.Choice(["whole", "slide"]), default=None, help="default: the run's eval mode")
+@click.option("--window", type=int, nargs=2, default=None, help="sliding-window size H W (default: the run's)")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
+              help="default: the run's train.precision")
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True, help="model actors")
+@click.option("--cpus-per-worker", type=int, default=None, help="threads per model actor (default: all CPUs but one)")
+@click.option("--overwrite", is_flag=True, help="redo outputs that exist (default: skip them)")
+@click.option("--skip-bad", is_flag=True, help="unreadable inputs are reported and skipped; exit 0")
+@click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+@click.option("--tracking-uri", default=None, help=TRACKING_HELP)
+def predict(model, domain, input_, out, fmt, mode, window, precision, batch_size, workers, cpus_per_worker,
+            overwrite, skip_bad, address, tracking_uri) -> None:  # fmt: skip
+    """Label maps for new images with Ray Data batch inference."""
+    from raymh.infer.predict import run_predict
+
+    try:
+        s = run_predict(
+            model, domain=domain, input=input_, out=out, fmt=fmt, mode=mode, window=window, precision=precision,
+            batch_size=batch_size, workers=workers, cpus_per_worker=cpus_per_worker, overwrite=overwrite,
+            address=address, tracking_uri=tracking_uri,
+        )  # fmt: skip
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    first = f"; first output after {s.first_output_s:.1f}s" if s.first_output_s is not None else ""
+    click.echo(f"[raymh] wrote {s.written} label map(s) ({s.format}) to {s.out} in {s.seconds:.1f}s "
+               f"({s.images_per_s:.2f} img/s{first}); {s.skipped_existing} existing skipped")  # fmt: skip
+    if s.bad:
+        if skip_bad:
+            click.echo(f"[raymh] skipped {len(s.bad)} unreadable input(s) (named above)")
+        else:
+            raise click.ClickException(
+                f"{len(s.bad)} input(s) could not be read (named above), e.g. {s.bad[0][0]}: {s.bad[0][1]}; "
+                "the others were written. Pass --skip-bad to skip them and exit 0."
+            )
+
+
+@main.command()
+@click.option("--model", "model", required=True, help=MODEL_HELP)
+@click.option("--format", "fmt", type=click.Choice(["onnx", "pt2"]), required=True)
+@click.option("--domain", default="all", show_default=True, help="one domain's head, or all (one output each)")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="the file to write (.onnx / .pt2)")
+@click.option("--tracking-uri", default=None, help=TRACKING_HELP)
+def export(model, fmt, domain, out, tracking_uri) -> None:
+    """Export to ONNX or torch.export (pt2), then check the file against PyTorch at two sizes."""
+    from raymh.infer.export import run_export
+
+    try:
+        run_export(model, fmt=fmt, out=out, domain=domain, tracking_uri=tracking_uri)
+    except (ValueError, RuntimeError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+@main.command()
+@click.option("--model", "model", required=True, help=MODEL_HELP)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--replicas", type=int, default=1, show_default=True)
+@click.option("--gpus-per-replica", type=float, default=0, show_default=True)
+@click.option("--cpus-per-replica", type=int, default=1, show_default=True, help="also torch threads per replica")
+@click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+@click.option("--tracking-uri", default=None, help=TRACKING_HELP)
+def serve(model, host, port, replicas, gpus_per_replica, cpus_per_replica, address, tracking_uri) -> None:
+    """Serve the model over HTTP with Ray Serve (POST /predict?domain=D, GET /domains)."""
+    from raymh.infer.serve import run_serve
+
+    try:
+        run_serve(
+            model, host=host, port=port, replicas=replicas, gpus_per_replica=gpus_per_replica,
+            cpus_per_replica=cpus_per_replica, address=address, tracking_uri=tracking_uri,
+        )  # fmt: skip
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
 
 
 def _mount_data_group() -> None:

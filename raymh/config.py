@@ -175,7 +175,8 @@ class TrackingConfig(_Section):
     tracking_uri: str | None = Field(None, description="MLflow URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     storage_path: str = Field("./ray_results", description="Ray Train storage (absolute, shared on clusters)")
     run_name: str | None = Field(None, description="run name; None: a fresh unique name")
-    log_model: bool = Field(True, description="log the final model with mlflow.pytorch.log_model")
+    log_model: bool = Field(True, description="log the best model as a pickle-free MLflow pyfunc (models-from-code)")
+    register_model: str | None = Field(None, description="also register the logged model under this name")
 
 
 class ExperimentConfig(_Section):

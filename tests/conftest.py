@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import pytest
 
@@ -50,3 +51,22 @@ def ray_local():
 def e2e_root(tmp_path_factory):
     """A folder shared by the end-to-end tests (one synthetic render and prepare for all of them)."""
     return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_run(ray_local, e2e_root):
+    """One tiny run, trained once per session, for every test that needs a trained model.
+
+    Returns a namespace: `cfg`, `outcome` (FitOutcome: run_dir, best_checkpoint, mlflow_run_id, metrics),
+    `uri` (its MLflow store) and `model_uri` (`runs:/<id>/model`, the logged pyfunc)."""
+    from raymh.config import load_config
+    from raymh.train.driver import fit
+
+    cfg = load_config(
+        "quickstart", tiny_overrides(e2e_root, **{"tracking.run_name": "tiny-trained", "tracking.log_model": True})
+    )
+    outcome = fit(cfg, quiet=True)
+    assert outcome.ok, outcome.error
+    return SimpleNamespace(
+        cfg=cfg, outcome=outcome, uri=cfg.tracking.tracking_uri, model_uri=f"runs:/{outcome.mlflow_run_id}/model"
+    )

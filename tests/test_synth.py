@@ -191,3 +191,26 @@ def test_bad_arguments_are_named(tmp_path):
     render_dataset(
         tmp_path / "d", images=1, val_images=0, size=(32, 64), domains=["synscapes"], overwrite=True
     )
+
+
+def test_cityscapes_layout_ships_instance_ids_and_colour_images_as_the_real_dataset(tiny):
+    from raymh.data.labels import CITYSCAPES_LABELS
+
+    out, _ = tiny
+    gt = out / "cityscapes" / "gtFine"
+    labels = sorted(gt.rglob("*_gtFine_labelIds.png"))
+    assert labels
+    colour = {lab.id: lab.color for lab in CITYSCAPES_LABELS}
+    seen_instances = 0
+    for lab_path in labels:
+        ids = np.asarray(Image.open(lab_path))
+        inst = np.asarray(Image.open(str(lab_path).replace("_labelIds", "_instanceIds")))
+        rgb = np.asarray(Image.open(str(lab_path).replace("_labelIds", "_color")).convert("RGB"))
+        assert inst.shape == ids.shape and rgb.shape == (*ids.shape, 3)
+        # cityscapesScripts' rule: an instance id >= 1000 encodes label_id * 1000 + index; below, the label id
+        np.testing.assert_array_equal(np.where(inst >= 1000, inst // 1000, inst), ids)
+        assert (inst[ids >= 24] >= 1000).all() and (inst[ids < 24] < 1000).all()
+        seen_instances += len(np.unique(inst[inst >= 1000]))
+        for label_id in np.unique(ids):
+            assert (rgb[ids == label_id] == colour[int(label_id)]).all()
+    assert seen_instances > 0

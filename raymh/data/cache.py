@@ -16,7 +16,7 @@ from pathlib import Path
 
 from raymh.config import ExperimentConfig
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the synthetic Cityscapes layout also has *_gtFine_instanceIds.png and *_gtFine_color.png
 
 
 def _key(payload: object) -> str:

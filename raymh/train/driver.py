@@ -180,7 +180,8 @@ def build_trainer(
     loop_config = {
         "experiment": cfg.model_dump(mode="json"),
         "domains": {
-            name: {"num_classes": dd.num_classes, "classes": list(dd.manifest["classes"]), "palette": dd.manifest["palette"]}
+            name: {"num_classes": dd.num_classes, "classes": list(dd.manifest["classes"]),
+                   "palette": dd.manifest["palette"], "label_format": label_format(dd.manifest)}
             for name, dd in domain_data.items()
         },
         "mlflow": mlflow,
@@ -208,6 +209,14 @@ def build_trainer(
             callbacks=callbacks or None,
         ),
     )
+
+
+def label_format(manifest: dict[str, Any]) -> str:
+    """The label format of a prepared domain: its adapter kind's own (what its label files encode)."""
+    from raymh.data.adapters import ADAPTERS
+
+    kind = manifest.get("kind")
+    return ADAPTERS[kind].label_format if kind in ADAPTERS else "trainid"
 
 
 def _run_files(cfg: ExperimentConfig, run_name: str) -> Path:
@@ -339,7 +348,7 @@ def fit(
         best_checkpoint=best, mlflow_run_id=tracked.run_id,
     )  # fmt: skip
     if cfg.tracking.log_model and result.checkpoint is not None and tracked.online:
-        _log_model(tracked, result.checkpoint.path, domain_data, cfg)
+        _log_model(tracked, best or result.checkpoint.path, cfg)  # the best by val mIoU, as `predict RUN` picks
     tracked.end("FINISHED")
     if not quiet:
         print(results_table(outcome, cfg, uri), flush=True)
@@ -382,22 +391,19 @@ def _best_checkpoint(result) -> str | None:
     return max(scored)[1] if scored else None
 
 
-def _log_model(tracked: TrackedRun, checkpoint_path: str, domain_data: dict, cfg: ExperimentConfig) -> None:
-    """Log the final model with mlflow.pytorch.log_model (weights from the latest checkpoint)."""
+def _log_model(tracked: TrackedRun, checkpoint_path: str, cfg: ExperimentConfig) -> None:
+    """Log the model of `checkpoint_path` as a pickle-free pyfunc (models-from-code; weights as a state dict
+    and the inference record as artifacts); register it when `tracking.register_model` names a model."""
     import mlflow
-    import torch
 
-    from raymh.train.checkpoint import model_from_checkpoint
+    from raymh.infer.loading import bundle_from_checkpoint
+    from raymh.infer.mlflow_model import log_pyfunc
 
-    model = model_from_checkpoint(checkpoint_path, cfg.model, {n: dd.num_classes for n, dd in domain_data.items()})
     try:
+        bundle = bundle_from_checkpoint(checkpoint_path)
         mlflow.set_tracking_uri(tracked.uri)
         with mlflow.start_run(run_id=tracked.run_id):
-            # pickle: the model's forward takes (images, domain), which pt2 tracing from one example cannot cover
-            mlflow.pytorch.log_model(
-                model, name="model", serialization_format="pickle",
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            )  # fmt: skip
+            log_pyfunc(bundle, registered_model_name=cfg.tracking.register_model)
     except Exception as e:  # noqa: BLE001 - tracking trouble never loses the run: the checkpoint has the weights
         print(f"[raymh] could not log the model to MLflow ({type(e).__name__}: {e}); weights are in {checkpoint_path}",
               file=sys.stderr, flush=True)
@@ -429,21 +435,28 @@ def evaluate_checkpoint(
     from raymh.data.sets import dataset_name
     from raymh.data.worker_batches import val_batches
     from raymh.model import normalize_uint8
-    from raymh.train.checkpoint import CONFIG_FILE, model_from_checkpoint
+    from raymh.train.checkpoint import CONFIG_FILE, model_from_checkpoint, read_state
     from raymh.train.evaluate import evaluate_domains, miou_metrics
+    from raymh.train.worker import precision_settings
 
     ckpt = find_checkpoint(checkpoint)
+    state = read_state(ckpt)  # first: a refused (unsafe) file stops before Ray starts
     cfg = load_config(config or str(ckpt / CONFIG_FILE), overrides or [])
     print(f"[raymh] evaluating {ckpt} on {[d.name for d in cfg.domains]} ({cfg.train.eval_mode})", flush=True)
     init_ray(cfg, address)
     data = build_domain_data(cfg)
-    model = model_from_checkpoint(ckpt, cfg.model, {n: dd.num_classes for n, dd in data.items()})
+    model = model_from_checkpoint(ckpt, cfg.model, {n: dd.num_classes for n, dd in data.items()}, state=state)
     sets = {dataset_name(n, "val"): dd.val for n, dd in data.items()}
     val = {n: val_batches(n, rank=0, world_size=1, get_shard=sets.__getitem__) for n in data}
     torch.set_num_threads(cfg.scaling.cpus_per_worker)
+    # the training loop's evaluation precision (bf16 + channels_last where native under `auto`)
+    autocast_dtype, channels_last = precision_settings(cfg, torch.device("cpu"))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     cms = evaluate_domains(
         model, val, {n: dd.num_classes for n, dd in data.items()}, normalize=normalize_uint8,
         mode=cfg.train.eval_mode, window=cfg.train.eval_crop or cfg.data.crop_size,
+        autocast_dtype=autocast_dtype, channels_last=channels_last,
     )  # fmt: skip
     metrics = miou_metrics(cms, {n: list(dd.manifest["classes"]) for n, dd in data.items()})
     for n in data:
@@ -454,7 +467,7 @@ def evaluate_checkpoint(
 
 def find_checkpoint(path_or_run: str, storage_path: str | None = None) -> Path:
     """A checkpoint dir as given, or the best-scoring checkpoint of a run directory / run name."""
-    from raymh.train.checkpoint import STATE_FILE
+    from raymh.train.checkpoint import STATE_FILE, read_state
 
     path = Path(path_or_run).expanduser()
     if not path.exists() and storage_path is None:
@@ -464,12 +477,10 @@ def find_checkpoint(path_or_run: str, storage_path: str | None = None) -> Path:
     candidates = sorted(path.glob(f"checkpoint_*/{STATE_FILE}")) if path.is_dir() else []
     if not candidates:
         raise FileNotFoundError(f"{path_or_run}: neither a checkpoint dir (with {STATE_FILE}) nor a run dir with checkpoints")
-    import torch
-
     def score(p: Path) -> float:
         metrics = p.parent / "metrics.json"
         if metrics.is_file():
             return json.loads(metrics.read_text()).get("val/miou_mean", -math.inf)
-        return torch.load(p, map_location="cpu", weights_only=False)["step"]
+        return read_state(p.parent)["step"]
 
     return max(candidates, key=score).parent

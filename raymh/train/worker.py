@@ -26,8 +26,9 @@ from raymh.config import config_from_dict, to_yaml
 from raymh.data.batch_transforms import train_transforms
 from raymh.data.worker_batches import StepBatches, val_batches
 from raymh.model import MultiHeadDeepLab, normalize_uint8
+from raymh.model.precision import native_bf16
 from raymh.train import artifacts
-from raymh.train.checkpoint import load_state, save_state, unwrap
+from raymh.train.checkpoint import inference_record, load_state, save_state, unwrap
 from raymh.train.evaluate import evaluate_domains, miou_metrics
 from raymh.train.interrupt import WorkerStopCheck
 from raymh.train.optim import build_optimizer, poly_scheduler
@@ -38,13 +39,6 @@ from raymh.train.tracking import TrackedRun
 
 class NonFiniteLossError(RuntimeError):
     """The Mix Loss became NaN or infinite; the message names the step and the domain terms."""
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 matmuls/convs run natively: any CUDA GPU, or a CPU with AVX512-BF16 or AMX."""
-    if device.type == "cuda":
-        return True
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def precision_settings(cfg, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -282,6 +276,11 @@ def _report(metrics, model, optimizer, scheduler, step, best, cfg, rank, config)
             save_state(
                 tmp, model=model, optimizer=optimizer, scheduler=scheduler, step=step, best_score=best,
                 config_yaml=to_yaml(cfg), mlflow_run_id=mlflow_run_id,
+                inference=inference_record(
+                    cfg.model.model_dump(mode="json"), config["domains"], mode=cfg.train.eval_mode,
+                    window=cfg.train.eval_crop or cfg.data.crop_size, precision=cfg.train.precision,
+                    channels_last=cfg.train.channels_last,
+                ),
             )  # fmt: skip
             (Path(tmp) / "metrics.json").write_text(json.dumps(clean, indent=1))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)

@@ -35,6 +35,9 @@ class Adapter(abc.ABC):
     kind: ClassVar[str]
     layout: ClassVar[str]  # the expected layout, shown in errors
     image_suffix: ClassVar[str] = ""  # stripped from an image file's stem to give its id
+    # How this kind's own label files encode classes, and so the format `raymh predict` writes by default:
+    # "cityscapes" (Cityscapes label ids), "bdd100k" (train ids named after the image) or "trainid".
+    label_format: ClassVar[str] = "trainid"
 
     ignore_index: ClassVar[int] = IGNORE_INDEX
 

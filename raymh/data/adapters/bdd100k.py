@@ -14,6 +14,7 @@ class BDD100KAdapter(Adapter):
     """`images/10k/<split>/*.jpg` + `labels/sem_seg/masks/<split>/*.png` (same stem)."""
 
     kind = "bdd100k"
+    label_format = "bdd100k"
     layout = "images/10k/{split}/*.jpg and labels/sem_seg/masks/{split}/<same name>.png"
 
     def classes(self, root: Path) -> list[str]:

@@ -14,6 +14,7 @@ class CityscapesAdapter(Adapter):
     """`leftImg8bit/<split>/<city>/*_leftImg8bit.png` + `gtFine/<split>/<city>/*_gtFine_labelIds.png`."""
 
     kind = "cityscapes"
+    label_format = "cityscapes"
     layout = "leftImg8bit/{split}/<city>/*_leftImg8bit.png and gtFine/{split}/<city>/*_gtFine_labelIds.png"
     image_suffix = "_leftImg8bit"
 

@@ -96,6 +96,7 @@ class FolderAdapter(Adapter):
     """`images/<split>/*.{png,jpg,jpeg}` + `labels/<split>/<stem>.png` + `classes.yaml`."""
 
     kind = "folder"
+    label_format = "trainid"
     layout = f"images/{{split}}/*.png|jpg|jpeg, labels/{{split}}/<same stem>.png and {CLASSES_FILE}"
 
     def read_classes(self, root: Path) -> FolderClasses:

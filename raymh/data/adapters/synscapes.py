@@ -17,6 +17,7 @@ class SynscapesAdapter(CityscapesAdapter):
     """
 
     kind = "synscapes"
+    label_format = "cityscapes"
     layout = "img/rgb/<n>.png and img/class/<n>.png (split: seeded hash of the id)"
     image_suffix = ""
 

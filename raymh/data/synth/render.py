@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from raymh.data.labels import label_id_to_train_id_lut
+from raymh.data.labels import CITYSCAPES_LABELS, label_id_to_train_id_lut
 from raymh.data.synth.compose import draw_scene
 from raymh.data.synth.look import colourise
 from raymh.data.synth.materials import LABEL_OF
@@ -22,6 +22,27 @@ CITIES = {"train": ("aachen", "bochum", "bremen", "cologne"), "val": ("frankfurt
 PNG_LEVEL = 1  # fixed zlib level: fast, and the same bytes for the same pixels
 JPEG_QUALITY = 80  # fixed, with 4:2:0 subsampling, like BDD100K's JPEGs
 _TRAIN_ID = label_id_to_train_id_lut()
+# Cityscapes' classes with instances (person .. bicycle, label ids 24-33): *_gtFine_instanceIds.png holds
+# label_id * 1000 + instance index on their pixels and the plain label id elsewhere.
+FIRST_INSTANCE_ID = 24
+_COLOUR = np.zeros((256, 3), dtype=np.uint8)
+for _lab in CITYSCAPES_LABELS:
+    _COLOUR[_lab.id] = _lab.color
+
+
+def instance_ids(label_ids: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """Cityscapes-style instance ids (uint16): each object of an instance class (a connected run of one label at
+    one depth code, as the renderer draws objects) gets label_id * 1000 + its index within the class."""
+    out = label_ids.astype(np.uint16)
+    mask = label_ids >= FIRST_INSTANCE_ID
+    if mask.any():
+        keys, inverse = np.unique(label_ids[mask].astype(np.int32) * 256 + depth[mask], return_inverse=True)
+        labels = keys // 256
+        index = np.zeros_like(keys)
+        for lab in np.unique(labels):
+            index[labels == lab] = np.arange(int((labels == lab).sum()))
+        out[mask] = (labels * 1000 + index)[inverse.reshape(-1)].astype(np.uint16)
+    return out
 
 
 def _rng(seed: int, domain: str, split: str, index: int) -> np.random.Generator:
@@ -33,8 +54,8 @@ def _rng(seed: int, domain: str, split: str, index: int) -> np.random.Generator:
 def render_sample(
     domain: str, *, index: int, split: str = "train", size: tuple[int, int] = (256, 512), seed: int = 0
 ) -> dict:
-    """One scene of a domain: {"image" HxWx3 uint8, "label_ids" HxW uint8 (Cityscapes ids), "train_ids",
-    "condition", "kind"}; the same arguments always give the same arrays."""
+    """One scene of a domain: {"image" HxWx3 uint8, "label_ids" HxW uint8 (Cityscapes ids), "instance_ids"
+    HxW uint16, "train_ids", "condition", "kind"}; the same arguments always give the same arrays."""
     _check_domain(domain)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -46,6 +67,7 @@ def render_sample(
     return {
         "image": coloured["image"],
         "label_ids": label_ids,
+        "instance_ids": instance_ids(label_ids, arrays["depth"]),
         "train_ids": _TRAIN_ID[label_ids],
         "condition": coloured["condition"],
         "kind": scene["kind"],
@@ -75,7 +97,11 @@ def _write(domain: str, root: Path, split: str, index: int, sample: dict, seed: 
         city = cities[index % len(cities)]
         stem = f"{city}_{index // len(cities):06d}_{19:06d}"
         _png(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", sample["image"])
-        _png(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", sample["label_ids"])
+        gt = root / "gtFine" / split / city
+        _png(gt / f"{stem}_gtFine_labelIds.png", sample["label_ids"])
+        # as the real dataset ships them, so cityscapesScripts' tools (evalPixelLevelSemanticLabeling) run on it
+        _png(gt / f"{stem}_gtFine_instanceIds.png", sample["instance_ids"])
+        _png(gt / f"{stem}_gtFine_color.png", _COLOUR[sample["label_ids"]])
     elif domain == "bdd100k":
         stem = _bdd_id(seed, split, index)
         _jpeg(root / "images" / "10k" / split / f"{stem}.jpg", sample["image"])
