@@ -386,7 +386,7 @@ def _failure_message(e: Exception) -> str:
 def _best_checkpoint(result) -> str | None:
     scored = [
         (m["val/miou_mean"], c.path) for c, m in (result.best_checkpoints or [])
-        if isinstance(m.get("val/miou_mean"), float) and math.isfinite(m["val/miou_mean"])
+        if m.get("checkpoint/kind", "eval") == "eval" and "val/miou_mean" in m
     ]  # checkpoints between evaluations carry no score
     return max(scored)[1] if scored else None
 

@@ -259,16 +259,21 @@ def _evaluate(model, cfg, domains, device, autocast_dtype, channels_last, rank, 
     return metrics
 
 
+# The score Ray's CheckpointConfig sees for a checkpoint written between evaluations: below every mIoU, so
+# it never counts among the num_to_keep best (Ray always keeps the latest). Finite on purpose: Ray's saved
+# checkpoint-manager state turns NaN and inf into null, which breaks its ranking after a resume.
+UNSCORED = -1.0
+
+
 def _step_metrics(step: int, best: float, kind: str) -> dict:
-    """What a checkpoint between evaluations reports: no score (NaN ranks below every evaluated checkpoint
-    in Ray's CheckpointConfig, so it never counts among the best, but the latest checkpoint is always kept)."""
-    return {"step": step, "best/miou_mean": best, "val/miou_mean": math.nan, "checkpoint/kind": kind}
+    """What a checkpoint between evaluations reports (kind: "step" or "interrupt"); no val score."""
+    return {"step": step, "best/miou_mean": best, "checkpoint/kind": kind}
 
 
 def _report(metrics, model, optimizer, scheduler, step, best, cfg, rank, config) -> None:
     """Every rank reports at the same steps; rank 0 attaches the checkpoint."""
     clean = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
-    reported = {**clean, "val/miou_mean": metrics.get("val/miou_mean", math.nan)}  # Ray scores by it
+    reported = {"val/miou_mean": UNSCORED, **clean}  # Ray ranks checkpoints by it
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:

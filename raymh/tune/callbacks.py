@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from ray.tune.integration.ray_train import TuneReportCallback
 
 
@@ -12,6 +10,5 @@ class EvalReportCallback(TuneReportCallback):
     carry no val score, and ASHA counts every forwarded report as one time unit."""
 
     def after_report(self, run_context, metrics, checkpoint):
-        score = (metrics[0] if metrics else {}).get("val/miou_mean")
-        if isinstance(score, int | float) and math.isfinite(score):
+        if (metrics[0] if metrics else {}).get("checkpoint/kind", "eval") == "eval":
             super().after_report(run_context, metrics, checkpoint)
