@@ -103,7 +103,7 @@ def test_two_workers_lower_the_loss_and_log_to_mlflow(ray_local, e2e_root):
 def test_killed_worker_recovers_from_the_last_step_checkpoint(ray_local, e2e_root):
     cfg = load_config(
         "quickstart",
-        tiny_overrides(e2e_root, **{"train.iters": 24, "train.eval_every": 24, "train.checkpoint_every": 3,
+        tiny_overrides(e2e_root, **{"train.iters": 60, "train.eval_every": 60, "train.checkpoint_every": 3,
                                     "train.max_failures": 1, "tracking.run_name": "killed", "loss.dc_weight": 0.0}),
     )  # fmt: skip
     killed: list[int] = []
@@ -112,15 +112,15 @@ def test_killed_worker_recovers_from_the_last_step_checkpoint(ray_local, e2e_roo
     thread.join(timeout=5)
     assert killed, "no Ray Train worker was found to kill"
     assert out.ok, out.error
-    assert read_state(out.checkpoint)["step"] == 24
+    assert read_state(out.checkpoint)["step"] == 60
     steps = [s for s, _ in _history(cfg.tracking.tracking_uri, out.mlflow_run_id, "train/lr")]
-    assert steps[-1] == 24 and set(range(1, 25)) <= set(steps)
+    assert steps[-1] == 60 and set(range(1, 61)) <= set(steps)
     repeated = sorted({s for s in steps if steps.count(s) > 1})
     assert repeated, "the kill came after the last step: nothing was redone, the test saw no recovery"
     resumed_from = repeated[0] - 1
     # the worker group came back from a checkpoint between evaluations (the only evaluation is the last
     # step), and redid at most checkpoint_every steps
-    assert resumed_from % 3 == 0 and 0 < resumed_from < 24, repeated
+    assert resumed_from % 3 == 0 and 0 < resumed_from < 60, repeated
     assert len(steps) - len(set(steps)) <= 3
 
 
