@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from ray.train.torch import TorchTrainer
 
     from raymh.data.pipeline import StepBatches, dataset_name
-    from raymh.train.driver import build_domain_data, init_ray
+    from raymh.train.cluster import init_ray
+    from raymh.train.driver import build_domain_data
     from raymh.train.worker import worker_transforms
 
     init_ray(cfg)

@@ -68,13 +68,18 @@ class RayHead:
         self.token = token
         self.env = ray_env(**auth, **(env or {}))
         self.cli_env = {**self.env, "RAY_AUTH_MODE": "token"}
+        self.num_cpus = num_cpus
+        self.workers: list[subprocess.Popen] = []
+        self._launch()
+
+    def _launch(self) -> None:
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
         self.gcs_port, self.dash_port = free_port(), free_port()
         self.dashboard = f"http://127.0.0.1:{self.dash_port}"
-        self.workers: list[subprocess.Popen] = []
         self.proc = subprocess.Popen(
             [
                 RAY, "start", "--head", "--block", f"--port={self.gcs_port}", f"--dashboard-port={self.dash_port}",
-                "--dashboard-host=127.0.0.1", f"--num-cpus={num_cpus}", "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1", f"--num-cpus={self.num_cpus}", "--include-dashboard=true",
                 f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
                 f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
             ],  # fmt: skip
@@ -99,15 +104,20 @@ class RayHead:
     def ray(self, *args: str, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
         return subprocess.run([RAY, *args], env=env or self.cli_env, capture_output=True, text=True, **kw)
 
-    def wait_ready(self, timeout_s: float = 180) -> RayHead:
-        """Until the record is written and the dashboard's job API answers."""
+    def wait_ready(self, timeout_s: float = 300, tries: int = 3) -> RayHead:
+        """Until the record is written and the dashboard's job API answers. `ray start` gives its raylet 30 s
+        to register and exits after that; on a loaded machine it is started again (`tries` in all)."""
         deadline = time.monotonic() + timeout_s
         while True:
             if self.record.is_file():
                 probe = self.ray("job", "list", "--address", self.dashboard)
                 if probe.returncode == 0:
                     return self
-            assert self.proc.poll() is None, f"ray start --head exited ({self.proc.returncode}): {self.log_tail()}"
+            if self.proc.poll() is not None:
+                tries -= 1
+                assert tries > 0, f"ray start --head exited ({self.proc.returncode}): {self.log_tail()}"
+                _stop(self.proc)
+                self._launch()
             assert time.monotonic() < deadline, f"the Ray head did not come up in time: {self.log_tail()}"
             time.sleep(2)
 

@@ -5,7 +5,7 @@ Ray's `ray.init()` with no address joins whatever cluster `ray start` last recor
 
 - `--address ADDR` (or `RAY_ADDRESS`): join that cluster;
 - `--address local`: start a private local Ray, whatever else runs on the machine;
-- `--address auto`: join the recorded local cluster, which must answer;
+- `--address auto`: join the recorded local cluster, which must answer (no resource check: it may autoscale);
 - nothing: join the recorded cluster if its GCS answers (and check it has what the config asks for), else
   start a private local Ray (saying when a stale record was ignored).
 
@@ -184,7 +184,10 @@ def check_fits(cfg: ExperimentConfig, total: dict, nodes: list[dict], *, train: 
     )
     fit = _fitting_overrides(cfg, total, nodes) if train else None
     fix = f"run with `{' '.join(f'--set {o}' for o in fit)}`; or " if fit else ""
-    fix += "add nodes or CPUs to that cluster, or use `--address local` for a private local Ray"
+    fix += (
+        "add nodes or CPUs to that cluster, or use `--address local` for a private local Ray (a cluster that "
+        "autoscales: `--address auto` joins it without this check)"
+    )
     raise RayClusterError(
         f"the Ray cluster has {_describe(total)} on {len(nodes)} node(s); the config asks for {asks}: "
         f"missing {', '.join(missing)}. To fit it: {fix}"
