@@ -76,7 +76,7 @@ def test_jobs_keep_one_store_outside_rays_session_and_a_later_job_resumes(head, 
 
     # 2. a run from other code (another working-dir copy), stopped after its first checkpoint
     job = "raymh-interrupted"
-    follow = head.submit(*_train_args(e2e_root, **{"train.iters": 40, "train.eval_every": 2,
+    follow = head.submit(*_train_args(e2e_root, **{"train.iters": 24, "train.eval_every": 4,
                                                    "tracking.run_name": "interrupted"}),
                          working_dir=_working_dir(tmp_path, "b"), wait=False, submission_id=job)  # fmt: skip
     run_dir = home / "ray_results" / "interrupted"
@@ -93,8 +93,9 @@ def test_jobs_keep_one_store_outside_rays_session_and_a_later_job_resumes(head, 
     assert _status(head, job) == "STOPPED"
 
     # 3. a third job, from yet another copy, resumes the stopped run by name and finishes it
-    out = _ok(head.submit(*_train_args(e2e_root, "--resume", "interrupted"), working_dir=_working_dir(tmp_path, "c")))
-    assert "run interrupted: finished at step 40" in out, out[-4000:]
+    out = _ok(head.submit(*_train_args(e2e_root, "--resume", "interrupted"), working_dir=_working_dir(tmp_path, "c"),
+                          timeout=1200))  # fmt: skip
+    assert "run interrupted: finished at step 24" in out, out[-4000:]
 
     client = MlflowClient(store)
     runs = {r.info.run_name: r for r in client.search_runs(
@@ -104,7 +105,7 @@ def test_jobs_keep_one_store_outside_rays_session_and_a_later_job_resumes(head, 
     assert runs["interrupted"].data.tags.get("resumed") == "true"
     assert runs["complete"].data.params["train.iters"] == "2" and "val/miou_mean" in runs["complete"].data.metrics
     steps = {m.step for m in client.get_metric_history(runs["interrupted"].info.run_id, "train/lr")}
-    assert steps == set(range(1, 41))  # one run, continued across jobs
+    assert steps == set(range(1, 25))  # one run, continued across jobs
     # nothing of it under Ray's session dir (the working-dir copies)
     assert not [p for p in head.temp_dir.rglob("*") if p.name in ("mlflow.db", "ray_results")]
     # and the head refuses a client with a wrong token
