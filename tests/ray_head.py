@@ -132,14 +132,16 @@ class RayHead:
         node = subprocess.Popen(
             [*(wrap or []), *cmd],
             env=self.cli_env,  # worker nodes need RAY_AUTH_MODE=token
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=(self.root / f"{temp_dir.name}.log").open("w"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.workers.append(node)
         deadline = time.monotonic() + 180
         while self.alive_nodes() <= before:
-            assert node.poll() is None, f"the worker node exited with {node.returncode}"
+            assert node.poll() is None, (
+                f"the worker node exited with {node.returncode}: {(self.root / f'{temp_dir.name}.log').read_text()[-3000:]}"
+            )
             assert time.monotonic() < deadline, "the worker node did not join in time"
             time.sleep(2)
         return node
