@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     from raymh.data.sets import dataset_name
     from raymh.data.worker_batches import StepBatches
-    from raymh.train.driver import build_domain_data, init_ray
+    from raymh.train.cluster import init_ray
+    from raymh.train.driver import build_domain_data
     from raymh.train.worker import worker_transforms
 
     init_ray(cfg)

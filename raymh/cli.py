@@ -15,9 +15,14 @@ import click
 from raymh import __version__, console
 from raymh.config import ConfigError, load_config, preset_names, to_yaml
 from raymh.errors import InputError
+from raymh.train.cluster import RayClusterError
 
 CONFIG_HELP = f"preset name ({', '.join(preset_names())}) or a YAML file"
 SET_HELP = "dotted override, e.g. --set loss.dc_weight=0.2 (repeatable)"
+ADDRESS_HELP = (
+    "Ray cluster to join (HOST:PORT), `auto` (the running local cluster `ray start` recorded) or `local` (a "
+    "private local Ray); default: RAY_ADDRESS, else the recorded local cluster if it answers, else a local Ray"
+)
 
 
 def _load(config: str, overrides: tuple[str, ...]):
@@ -33,7 +38,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (InputError, FileNotFoundError) as e:
+        except (InputError, FileNotFoundError, RayClusterError) as e:
             console.error_exit()
             raise click.ClickException(str(e)) from None
 
@@ -71,7 +76,7 @@ def config_docs() -> None:
 @click.option("--config", "config", default="quickstart", show_default=True, help=CONFIG_HELP)
 @click.option("--set", "overrides", multiple=True, help=SET_HELP)
 @click.option("--resume", default=None, help="continue an interrupted run by its name (under tracking.storage_path)")
-@click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+@click.option("--address", default=None, help=ADDRESS_HELP)
 @click.option("--workers", type=int, default=None, help="shortcut for --set scaling.num_workers=N")
 @click.option("--gpu/--no-gpu", "use_gpu", default=None, help="shortcut for --set scaling.use_gpu=...")
 def train(config, overrides, resume, address, workers, use_gpu) -> None:
@@ -97,7 +102,7 @@ def train(config, overrides, resume, address, workers, use_gpu) -> None:
 @click.option("--checkpoint", required=True, help="a checkpoint dir, or a run name under tracking.storage_path")
 @click.option("--config", "config", default=None, help="override the config saved with the checkpoint")
 @click.option("--set", "overrides", multiple=True, help=SET_HELP)
-@click.option("--address", default=None, help="Ray cluster address")
+@click.option("--address", default=None, help=ADDRESS_HELP)
 def evaluate(checkpoint, config, overrides, address) -> None:
     """Evaluate a checkpoint on every domain's val split (per-domain and mean mIoU)."""
     console.install()
@@ -118,7 +123,7 @@ def evaluate(checkpoint, config, overrides, address) -> None:
 @click.option("--max-concurrent", type=int, default=None, help="trials running at once")
 @click.option("--set", "overrides", multiple=True, help=SET_HELP)
 @click.option("--export-best", type=click.Path(dir_okay=False), default=None, help="write the best config as YAML")
-@click.option("--address", default=None, help="Ray cluster address")
+@click.option("--address", default=None, help=ADDRESS_HELP)
 def tune(config, space, num_samples, scheduler, max_concurrent, overrides, export_best, address) -> None:
     """Sweep config values with Ray Tune; one MLflow parent run, one child run per trial."""
     console.install()

@@ -41,6 +41,7 @@ def ray_local():
     import ray
 
     ray.init(
+        address="local",  # never a cluster `ray start` recorded on this machine
         num_cpus=6, include_dashboard=True, runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}
     )
     yield ray

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import os
 import re
 import shlex
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import jsonschema
@@ -242,93 +233,5 @@ def test_runtime_env_loads_and_ray_accepts_it():
     assert _excluded(data["excludes"], ".venv/bin/python") and _excluded(data["excludes"], "data/x.parquet")
 
 
-# ---------------------------------------------------------------- end to end: a local `ray start --head`
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_ray_job_submit_raymh_train_with_token_auth_against_ray_start_head(tmp_path):
-    """`ray job submit --working-dir . -- raymh train ...` against `ray start --head` with RAY_AUTH_MODE=token."""
-    from mlflow.tracking import MlflowClient
-
-    from tests.conftest import tiny_overrides
-
-    temp_dir = tempfile.mkdtemp(prefix="rmh", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
-    bin_dir = Path(sys.executable).parent
-    ray_cli, gcs_port, dash_port = str(bin_dir / "ray"), _free_port(), _free_port()
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": os.urandom(32).hex(),
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    env.pop("RAY_ADDRESS", None)
-    head = subprocess.Popen(
-        [
-            ray_cli, "start", "--head", "--block", f"--port={gcs_port}", f"--dashboard-port={dash_port}",
-            "--dashboard-host=127.0.0.1", "--num-cpus=4", "--include-dashboard=true", f"--temp-dir={temp_dir}",
-            "--disable-usage-stats",
-        ],  # fmt: skip
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    address = f"http://127.0.0.1:{dash_port}"
-    runtime_env = {k: v for k, v in _yaml(CLUSTER / "runtime_env.yaml").items() if k != "pip"}  # pip: offline
-    overrides = tiny_overrides(tmp_path, **{"train.iters": 4, "train.eval_every": 4, "tracking.run_name": "submitted"})
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            probe = subprocess.run(
-                [ray_cli, "job", "list", "--address", address], env=env, capture_output=True, text=True
-            )
-            if probe.returncode == 0:
-                break
-            assert head.poll() is None and time.monotonic() < deadline, probe.stderr[-2000:]
-            time.sleep(2)
-        for _ in range(30):  # the head's job agent can come up after the dashboard answers
-            submit = subprocess.run(
-                [
-                    ray_cli, "job", "submit", "--address", address, "--working-dir", ".",
-                    "--runtime-env-json", json.dumps(runtime_env), "--",
-                    "raymh", "train", "--config", "quickstart", *[a for o in overrides for a in ("--set", o)],
-                ],  # fmt: skip
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            if "No available agent" not in submit.stdout + submit.stderr:
-                break
-            time.sleep(4)
-        out = submit.stdout[-4000:] + submit.stderr[-3000:]
-        assert submit.returncode == 0 and "succeeded" in submit.stdout.lower(), out
-        assert "run submitted: finished at step 4" in submit.stdout, out
-        # the job's run is in the MLflow store named by absolute URI, with its metrics and params
-        client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-        runs = client.search_runs([client.get_experiment_by_name("raymh-quickstart").experiment_id])
-        assert [r.info.run_name for r in runs] == ["submitted"] and runs[0].info.status == "FINISHED"
-        assert "val/miou_mean" in runs[0].data.metrics and runs[0].data.params["train.iters"] == "4"
-        # without the token the dashboard refuses the client
-        anon = {**env, "RAY_AUTH_TOKEN": "wrong-" + env["RAY_AUTH_TOKEN"][6:]}
-        denied = subprocess.run(
-            [ray_cli, "job", "list", "--address", address], env=anon, capture_output=True, text=True
-        )
-        assert denied.returncode != 0 and "Authentication" in denied.stdout + denied.stderr
-    finally:
-        head.terminate()  # `ray start --block` drains and stops the processes it started
-        try:
-            head.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)  # its own process group only (start_new_session)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+# The end-to-end check of `ray job submit` against a local `ray start --head` with token auth, and where its
+# records land, is tests/test_job_records_e2e.py (its Ray head helper: tests/ray_head.py).

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import platform
 import secrets
 import subprocess
@@ -37,6 +36,8 @@ from raymh.config import (
     load_config_dict,
     to_yaml,
 )
+from raymh.train import places
+from raymh.train.cluster import init_ray
 from raymh.train.interrupt import create_stop_flag, exit_now, run_interruptible, stop_flag_name
 from raymh.train.tracking import TrackedRun, resolve_tracking_uri
 
@@ -56,33 +57,12 @@ class FitOutcome:
 
 
 def storage_root(cfg: ExperimentConfig) -> str:
-    """Absolute storage path (local paths resolved; URIs such as s3:// kept)."""
-    path = cfg.tracking.storage_path
-    return path if "://" in path else str(Path(path).expanduser().resolve())
+    """Absolute storage path (local paths resolved, in a Ray job against a stable home; URIs such as s3:// kept)."""
+    return places.resolve_local(cfg.tracking.storage_path)
 
 
 def fresh_run_name(cfg: ExperimentConfig) -> str:
     return f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-
-
-def init_ray(cfg: ExperimentConfig, address: str | None = None, *, num_cpus: int | None = None) -> None:
-    """Join the cluster at `address` / RAY_ADDRESS, else start a local Ray with `num_cpus` logical CPUs
-    (default: sized for the config's workers plus data tasks)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    env = {"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}
-    if address:  # a cluster, or a `ray job submit` job: the job's runtime_env applies, do not add one
-        ray.init(address=address, log_to_driver=True)
-        return
-    s = cfg.scaling
-    # Logical CPUs: the workers' own plus room for Ray Data's decode/augment tasks (they share the cores).
-    num_cpus = num_cpus or max(os.cpu_count() or 1, s.num_workers * s.cpus_per_worker + 2)
-    # The dashboard also serves Ray's state API, which Train V2's placement-group cleaner polls: without it
-    # the cleaner logs a warning every few seconds for the whole run.
-    ray.init(num_cpus=num_cpus, include_dashboard=True, runtime_env=env, log_to_driver=True)
 
 
 def _git_commit() -> str | None:
@@ -221,7 +201,7 @@ def label_format(manifest: dict[str, Any]) -> str:
 
 def _run_files(cfg: ExperimentConfig, run_name: str) -> Path:
     root = storage_root(cfg)
-    base = Path(root) if "://" not in root else Path.cwd() / "ray_results_local"
+    base = Path(root) if "://" not in root else places.records_base().path / "ray_results_local"
     return base / run_name / RUN_FILES
 
 
@@ -262,11 +242,14 @@ def fit(
     say(f"[raymh] {'resuming' if resume else 'training'} {run_name}: domains {[d.name for d in cfg.domains]}, "
         f"{cfg.model.backbone} OS{cfg.model.output_stride}, {cfg.train.iters} steps, lambda {cfg.loss.dc_weight}, "
         f"{cfg.scaling.num_workers} worker(s) x {cfg.scaling.cpus_per_worker} CPU{' + GPU' if cfg.scaling.use_gpu else ''}")
+    uri = record["tracking_uri"] if record else resolve_tracking_uri(cfg)  # a resumed run stays in its store
+    if where := places.announce(storage_root(cfg), uri):
+        say(where)
     init_ray(cfg, address)
+    places.check_shared(storage_root(cfg), uri)  # on 2+ nodes: every node must see the records' paths
     domain_data = build_domain_data(cfg)
     files.mkdir(parents=True, exist_ok=True)
     console.attach_log(files / "console.log", announce=not quiet)
-    uri = resolve_tracking_uri(cfg)
     spool = files / "mlflow_unsent.jsonl"
     if record is None:
         tracked = TrackedRun.create(
@@ -443,7 +426,7 @@ def evaluate_checkpoint(
     state = read_state(ckpt)  # first: a refused (unsafe) file stops before Ray starts
     cfg = load_config(config or str(ckpt / CONFIG_FILE), overrides or [])
     print(f"[raymh] evaluating {ckpt} on {[d.name for d in cfg.domains]} ({cfg.train.eval_mode})", flush=True)
-    init_ray(cfg, address)
+    init_ray(cfg, address, train=False)
     data = build_domain_data(cfg)
     model = model_from_checkpoint(ckpt, cfg.model, {n: dd.num_classes for n, dd in data.items()}, state=state)
     sets = {dataset_name(n, "val"): dd.val for n, dd in data.items()}

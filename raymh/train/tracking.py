@@ -1,7 +1,8 @@
 """MLflow tracking: where runs go, and a run handle that never stops training.
 
 The tracking URI is the config's `tracking.tracking_uri`, else `MLFLOW_TRACKING_URI`, else an absolute
-`sqlite:///<cwd>/mlflow.db` (absolute because Ray workers run in other directories). If the tracking server
+`sqlite:///<cwd>/mlflow.db` (absolute because Ray workers run in other directories; in a Ray job, a stable
+home instead of the job's temporary working dir: `raymh.train.places`). If the tracking server
 cannot be reached, training goes on and says so once; every record that could not be sent is appended to a
 local JSONL spool file next to the run, so nothing is lost.
 """
@@ -21,18 +22,23 @@ from raymh.config import ExperimentConfig
 
 
 def resolve_tracking_uri(cfg: ExperimentConfig | None = None) -> str:
-    """Config, else MLFLOW_TRACKING_URI, else sqlite:///<abs cwd>/mlflow.db; relative sqlite/file paths made absolute."""
+    """Config, else MLFLOW_TRACKING_URI, else sqlite:///<abs base>/mlflow.db; relative sqlite/file paths made
+    absolute. The base is the current directory, or a stable home in a Ray job (`places.records_base`)."""
     return absolute_tracking_uri((cfg.tracking.tracking_uri if cfg else None) or os.environ.get("MLFLOW_TRACKING_URI"))
 
 
 def absolute_tracking_uri(uri: str | None) -> str:
-    """A tracking URI with relative sqlite/file paths made absolute; None: sqlite:///<abs cwd>/mlflow.db."""
+    """A tracking URI with relative sqlite/file paths made absolute against the records base (the current
+    directory, or the stable home of a Ray job); None: sqlite:///<abs base>/mlflow.db."""
+    from raymh.train.places import records_base
+
+    base = records_base().path
     if not uri:
-        return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+        return f"sqlite:///{base / 'mlflow.db'}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{(Path.cwd() / uri[len('sqlite:///'):]).resolve()}"
+        return f"sqlite:///{(base / uri[len('sqlite:///'):]).resolve()}"
     if "://" not in uri:  # a bare path: MLflow reads it as a file store
-        return Path(uri).resolve().as_uri()
+        return (base / Path(uri).expanduser()).resolve().as_uri()
     return uri
 
 

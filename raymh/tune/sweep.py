@@ -78,7 +78,9 @@ def run_sweep(
     from ray import tune
 
     from raymh.data.cache import prepared_dirs
-    from raymh.train.driver import init_ray, run_tags, storage_root
+    from raymh.train import places
+    from raymh.train.cluster import init_ray
+    from raymh.train.driver import run_tags, storage_root
 
     base_raw = load_config_dict(config, overrides or [])
     space = with_overrides(load_space(space_path, base_raw), num_samples=num_samples, scheduler=scheduler)
@@ -94,10 +96,13 @@ def run_sweep(
 
     s = base_cfg.scaling
     per_trial = space.resources.cpu + s.num_workers * s.cpus_per_worker + 1
+    uri = base["tracking"]["tracking_uri"]
+    if where := places.announce(storage_root(base_cfg), uri):
+        print(where, flush=True)
     init_ray(base_cfg, address, num_cpus=max(os.cpu_count() or 1, math.ceil((concurrent or 1) * per_trial) + 1))
+    places.check_shared(storage_root(base_cfg), uri)  # on 2+ nodes: every node must see the records' paths
     prepared_dirs(base_cfg)  # render/prepare once, before trials race for it
 
-    uri = base["tracking"]["tracking_uri"]
     files = Path(storage_root(base_cfg)) / sweep_name
     parent = TrackedRun.create(
         uri, experiment=base_cfg.tracking.experiment, run_name=sweep_name, spool=files / "mlflow_unsent.jsonl",
