@@ -70,6 +70,11 @@ class ModelConfig(_Section):
     head_depth: int = Field(2, ge=1, le=8, description="3x3 conv+BN+ReLU blocks per domain head")
     proj_dim: int = Field(128, ge=8, description="projection dimension of the contrastive features")
     pretrained: str | None = Field(None, description="None, a state-dict file, or 'imagenet' (downloads)")
+    sync_bn: Literal["auto", True, False] = Field(
+        "auto",
+        description="BatchNorm statistics over the batch of all workers (auto: on when scaling.num_workers > 1), "
+        "so that the result does not depend on the worker count",
+    )
 
 
 class LossConfig(_Section):
@@ -81,6 +86,9 @@ class LossConfig(_Section):
     dc_start_iter: int = Field(0, ge=0, description="DCLoss is off before this step (CAC: 5 epochs)")
     dc_rampup_iters: int = Field(0, ge=0, description="linear ramp of lambda after dc_start_iter")
     chunk_size: int | None = Field(None, ge=1, description="negatives per streamed block (None: automatic)")
+    gather_negatives: bool = Field(
+        True, description="DCLoss negatives from every worker's crops (all-gather), as with one worker"
+    )
 
 
 class OptimConfig(_Section):

@@ -159,30 +159,57 @@ def test_nan_loss_stops_with_the_step_and_domain_and_keeps_checkpoints(ray_local
 
 
 def _eval_loop(config: dict) -> None:
-    """Evaluate one fixed (seeded) model on this rank's val rows; rank 0 reports the summed matrices."""
-    import json
+    """Train a few steps on this rank's own random batches (so each rank's BatchNorm statistics would follow
+    its own data), then score this rank's val share through the worker's evaluation; rank 0 reports the
+    scores and the weights. With `weights` given: load them and only evaluate (the one-worker reference)."""
     import tempfile
 
     import ray.train
     import torch
 
-    from raymh.data.worker_batches import val_batches
-    from raymh.model import MultiHeadDeepLab, normalize_uint8
-    from raymh.train.evaluate import evaluate_domains
+    from raymh.config import config_from_dict
+    from raymh.train.checkpoint import unwrap
+    from raymh.train.step import mix_loss_step
+    from raymh.train.worker import _evaluate, setup_replica
 
     ctx = ray.train.get_context()
-    torch.manual_seed(0)
-    model = MultiHeadDeepLab(config["num_classes"], backbone="resnet18", head_depth=1)
-    val = {d: val_batches(d, rank=ctx.get_world_rank(), world_size=ctx.get_world_size()) for d in config["num_classes"]}
-    cms = evaluate_domains(model, val, config["num_classes"], normalize=normalize_uint8)
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cfg = config_from_dict(config["experiment"])
+    domains = config["domains"]
+    replica = setup_replica(cfg, domains, rank=rank, world=world)
+    model = replica.model
+    if config.get("weights"):
+        unwrap(model).load_state_dict(torch.load(config["weights"], weights_only=True))
+    else:
+        g = torch.Generator().manual_seed(100 + rank)
+        model.train()
+        for step in range(3):
+            batch = {
+                d: {"labeled": {
+                    "image": torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=g) // (1 + rank),
+                    "label": torch.randint(0, info["num_classes"], (2, 64, 64), generator=g),
+                }, "unlabeled": {}}
+                for d, info in domains.items()
+            }  # fmt: skip
+            out = mix_loss_step(model, batch, cfg, step=step)
+            replica.optimizer.zero_grad()
+            out.loss.backward()
+            replica.optimizer.step()
+    model.eval()
+    metrics = _evaluate(model, cfg, domains, torch.device("cpu"), None, False, rank, world, 3, None)
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "cm.json").write_text(json.dumps({d: cm.mat.tolist() for d, cm in cms.items()}))
-        ckpt = ray.train.Checkpoint.from_directory(tmp) if ctx.get_world_rank() == 0 else None
+        (Path(tmp) / "metrics.json").write_text(json.dumps(metrics))
+        torch.save(unwrap(model).state_dict(), Path(tmp) / "weights.pt")
+        ckpt = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
         ray.train.report({"done": 1}, checkpoint=ckpt)
 
 
-def test_evaluation_with_two_workers_equals_one(ray_local, e2e_root, tmp_path):
-    import json
+@pytest.mark.parametrize("sync_bn", ["auto", "false"])
+def test_evaluation_with_two_workers_equals_one(ray_local, e2e_root, tmp_path, sync_bn):
+    """A model trained on 2 workers scores the same on 2 workers as its checkpoint on 1: BatchNorm over all
+    workers (sync_bn auto), or rank 0's statistics given to every rank before evaluating (sync_bn false).
+    Before either, each rank evaluated with the running statistics of its own batches."""
+    import shutil
     import sys
 
     import ray.train
@@ -193,25 +220,33 @@ def test_evaluation_with_two_workers_equals_one(ray_local, e2e_root, tmp_path):
     from raymh.train.driver import build_domain_data
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the tests package
-    cfg = load_config("quickstart", tiny_overrides(e2e_root))
+    cfg = load_config(
+        "quickstart",
+        tiny_overrides(e2e_root, **{"model.sync_bn": sync_bn, "train.precision": "fp32", "train.panels": 0,
+                                    "loss.dc_weight": 0.0}),
+    )  # fmt: skip
     data = build_domain_data(cfg)
-    matrices = []
-    for workers in (1, 2):
+    domains = {n: {"num_classes": dd.num_classes, "classes": list(dd.manifest["classes"]),
+                   "palette": dd.manifest["palette"]} for n, dd in data.items()}  # fmt: skip
+    results = []
+    for workers, weights in ((2, None), (1, tmp_path / "weights.pt")):
         trainer = TorchTrainer(
             _eval_loop,
-            train_loop_config={"num_classes": {n: dd.num_classes for n, dd in data.items()}},
+            train_loop_config={"experiment": cfg.model_dump(mode="json"), "domains": domains,
+                               "weights": str(weights) if weights else None},  # fmt: skip
             scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
             datasets={dataset_name(n, "val"): dd.val for n, dd in data.items()},
             dataset_config=ray.train.DataConfig(datasets_to_split=[]),
-            run_config=ray.train.RunConfig(name=f"eval{workers}", storage_path=str(tmp_path)),
+            run_config=ray.train.RunConfig(name=f"eval{workers}-{sync_bn}", storage_path=str(tmp_path)),
         )
         with trainer.fit().checkpoint.as_directory() as d:
-            matrices.append(json.loads((Path(d) / "cm.json").read_text()))
-    assert matrices[0] == matrices[1]
-    for domain, mat in matrices[0].items():  # every val pixel counted exactly once
-        rows = data[domain].val.take_all()
-        labeled = sum(int((r["label"] != 255).sum()) for r in rows)
-        assert sum(map(sum, mat)) == labeled
+            results.append(json.loads((Path(d) / "metrics.json").read_text()))
+            if weights is None:
+                shutil.copy(Path(d) / "weights.pt", tmp_path / "weights.pt")
+    two, one = results
+    scores = {k: v for k, v in one.items() if k.startswith("val/miou/")}
+    assert scores and all(0.0 <= v <= 1.0 for v in scores.values())
+    assert {k: two[k] for k in scores} == scores
 
 
 COARSE = {  # Cityscapes' 7 categories, as a custom `folder` dataset with its own classes

@@ -9,8 +9,13 @@ from torch import Tensor
 __all__ = ["cross_entropy"]
 
 
-def cross_entropy(logits: Tensor, labels: Tensor, *, ignore_index: int = 255) -> Tensor:
+def cross_entropy(
+    logits: Tensor, labels: Tensor, *, ignore_index: int = 255, normalizer: float | None = None
+) -> Tensor:
     """Mean pixel cross-entropy over non-ignored labels, logits upsampled bilinearly to the label size, in fp32.
+
+    normalizer: divide the summed pixel losses by this instead of this batch's count of non-ignored pixels
+    (a rank holding a slice of the batch passes the count of all ranks; `raymh.losses.world`).
 
     logits: (B, C, h, w) float; labels: (B, H, W) integer train ids in [0, C) or ignore_index.
     Returns 0 (with a graph and a zero gradient) when every pixel is ignored. fp16/bf16 logits are upcast to
@@ -45,7 +50,9 @@ def cross_entropy(logits: Tensor, labels: Tensor, *, ignore_index: int = 255) ->
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     if not bool((labels != ignore_index).any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="mean")
+    if normalizer is None:
+        return F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="mean")
+    return F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum") / max(float(normalizer), 1.0)
 
 
 def _describe(x) -> str:

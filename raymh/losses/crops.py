@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from raymh.losses.dcloss import direction_masks, directional_contrastive_loss
+from raymh.losses.world import LOCAL, World
 
 __all__ = ["dc_loss_from_crops", "overlap_anchors"]
 
@@ -28,8 +29,14 @@ def dc_loss_from_crops(
     valid1: Tensor | None = None,
     valid2: Tensor | None = None,
     diagnostics: bool = False,
+    world: World = LOCAL,
+    gather_negatives: bool = True,
 ) -> dict:
     """DCLoss of a crop pair: undo flips, align the overlap boxes, negatives = all positions (docs/method.md, DCLoss items 2-5).
+
+    world: the ranks holding the other slices of the batch. The loss is then this rank's partial loss (its
+    masked anchors over the masked-anchor counts of all ranks), and with gather_negatives the negatives are
+    every rank's; the ranks' losses sum to the loss of the whole batch on one worker.
 
     proj*: (B, D, h, w) stride-8 L2-normalised projections; logits*: (B, C, h, w) stride-8 logits; box*: (B, 4)
     [y0, x0, y1, x1] overlap in pixels (multiples of 8) in each crop's unflipped frame; flip*: (B,) bool;
@@ -40,13 +47,21 @@ def dc_loss_from_crops(
     x = overlap_anchors(
         proj1, proj2, logits1, logits2, box1, box2, flip1, flip2, valid1=valid1, valid2=valid2
     )
+    masks = direction_masks(x["c1"].detach(), x["c2"].detach(), gamma=gamma)
+    counts = torch.stack([masks["m1"].sum(), masks["m2"].sum()]).float()
+    normalizers = None
+    neg, neg_labels = x["neg"], x["neg_labels"]
+    if world.size > 1:
+        normalizers = tuple(world.sum(counts).tolist())
+        if gather_negatives:  # labels ride along as one more float column (exact below 2^24)
+            rows = world.gather_rows(torch.cat([neg, neg_labels[:, None].to(neg.dtype)], 1))
+            neg, neg_labels = rows[:, :-1], rows[:, -1].long()
     loss = directional_contrastive_loss(
-        x["a1"], x["a2"], x["y1"], x["y2"], x["c1"], x["c2"], x["neg"], x["neg_labels"],
-        temperature=temperature, gamma=gamma, chunk_size=chunk_size,
+        x["a1"], x["a2"], x["y1"], x["y2"], x["c1"], x["c2"], neg, neg_labels,
+        temperature=temperature, gamma=gamma, chunk_size=chunk_size, normalizers=normalizers,
     )  # fmt: skip
     n = int(x["a1"].shape[0])
-    masks = direction_masks(x["c1"], x["c2"], gamma=gamma)
-    on = int(masks["m1"].sum()) + int(masks["m2"].sum())
+    on = int(counts.sum())
     out = {"loss": loss, "anchors": n, "passing": on / (2 * n) if n else 0.0}
     if diagnostics:
         from raymh.losses.diagnostics import similarity_stats
@@ -110,7 +125,8 @@ def _unflipped_view(proj: Tensor, logits: Tensor, flip: Tensor, valid: Tensor | 
     """Undo horizontal flips (torch.flip on the last dim where flagged); pseudo-labels and confidences."""
     flip = flip.to(device=proj.device, dtype=torch.bool)
     proj = torch.where(flip[:, None, None, None], proj.flip(-1), proj)
-    probs = torch.where(flip[:, None, None, None], logits.flip(-1), logits).detach().float().softmax(1)
+    probs = torch.where(flip[:, None, None, None], logits.flip(-1), logits).detach()
+    probs = (probs if probs.dtype == torch.float64 else probs.float()).softmax(1)
     conf, label = probs.max(1)
     h, w = proj.shape[-2:]
     if valid is None:

@@ -56,11 +56,14 @@ def directional_contrastive_loss(
     temperature: float = 0.1,
     gamma: float = 0.75,
     chunk_size: int | None = None,
+    normalizers: tuple[float, float] | None = None,
 ) -> Tensor:
     """L_dc = loss1 + loss2, loss_k = sum(M_k l_k) / max(sum M_k, eps) (docs/method.md, DCLoss item 5).
 
     a1, a2: (n, D) aligned L2-normalised anchors (gradients flow into both); y1, y2: (n,) integer
     pseudo-labels; c1, c2: (n,) confidences; neg: (N, D) negatives (detached here); neg_labels: (N,).
+    normalizers: the divisors of loss1 and loss2 (default: this call's sum M1, sum M2); a rank holding a
+    slice of the batch passes the counts of all ranks, so the sum of the ranks' results is the batch's loss.
     Computed in fp32 (fp64 if an anchor input is fp64); returns a scalar of that dtype.
     """
     _check_inputs(
@@ -82,10 +85,11 @@ def directional_contrastive_loss(
     per_anchor = _StreamedContrastive.apply(
         anchors, partners, labels, neg.detach(), neg_labels.long(), float(temperature), chunk_size
     )
+    n1, n2 = (m1, m2) if normalizers is None else (float(normalizers[0]), float(normalizers[1]))
     weights = torch.cat(
         [
-            per_anchor.new_full((m1,), 1.0 / max(m1, _EPS)),
-            per_anchor.new_full((m2,), 1.0 / max(m2, _EPS)),
+            per_anchor.new_full((m1,), 1.0 / max(n1, _EPS)),
+            per_anchor.new_full((m2,), 1.0 / max(n2, _EPS)),
         ]
     )
     return (per_anchor * weights).sum()

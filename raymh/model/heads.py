@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raymh.model.aspp import conv_bn_relu
+from raymh.model.precision import at_least_fp32
 
 
 class DomainHead(nn.Module):
@@ -41,4 +42,4 @@ class ProjectionHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Return unit-norm embeddings (B, proj_dim, h/2, w/2), in fp32 even under autocast."""
         z = self.net(F.avg_pool2d(features, kernel_size=2, stride=2))
-        return F.normalize(z.float(), dim=1)
+        return F.normalize(at_least_fp32(z), dim=1)

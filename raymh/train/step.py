@@ -14,13 +14,15 @@ import torch.nn.functional as F
 from raymh.config import ExperimentConfig, LossConfig
 from raymh.losses import cross_entropy, dc_loss_from_crops, mix_loss
 from raymh.losses.diagnostics import pseudo_label_accuracy
+from raymh.losses.world import LOCAL, World
 from raymh.model import normalize_uint8
+from raymh.model.precision import at_least_fp32
 
 
 @dataclass
 class StepOutput:
-    loss: torch.Tensor  # the Mix Loss, to call backward on
-    parts: dict[str, float]  # "ce/<d>", "dc/<d>", "loss": every term, for logging
+    loss: torch.Tensor  # what this rank calls backward on: the Mix Loss (x W, its partial share on W ranks)
+    parts: dict[str, float]  # "ce/<d>", "dc/<d>", "loss": every term of the whole batch (all ranks), for logging
     # "passing/<d>": fraction of DCLoss directional terms on; with diagnostics also "pseudo_acc/<d>",
     # "pseudo_acc_confident/<d>" (when the crops carry true labels), "pos_sim/<d>", "hard_neg_sim/<d>"
     stats: dict[str, float]
@@ -35,12 +37,12 @@ def dc_weight_at(step: int, cfg: LossConfig) -> float:
     return cfg.dc_weight
 
 
-def _inputs(batch: dict, use_dc: bool, device, channels_last: bool) -> tuple[torch.Tensor, int, int]:
+def _inputs(batch: dict, use_dc: bool, device, channels_last: bool, dtype) -> tuple[torch.Tensor, int, int]:
     """One domain's step images: labeled crops, then (when DCLoss is on) crop 1s and crop 2s."""
     parts = [batch["labeled"]["image"]]
     if use_dc:
         parts += [batch["unlabeled"]["image1"], batch["unlabeled"]["image2"]]
-    x = normalize_uint8(torch.cat(parts).to(device, non_blocking=True))
+    x = normalize_uint8(torch.cat(parts).to(device, non_blocking=True), dtype=dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, batch["labeled"]["image"].shape[0], (batch["unlabeled"]["image1"].shape[0] if use_dc else 0)
@@ -56,37 +58,48 @@ def mix_loss_step(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     diagnostics: bool = False,
+    world: World = LOCAL,
 ) -> StepOutput:
     """Forward every domain's labeled batch and crop pair, and return the Mix Loss with its parts.
 
     diagnostics: also measure the unsupervised branch (`raymh.losses.diagnostics`; costs a little, so the
-    worker asks for it on logging steps only)."""
+    worker asks for it on logging steps only; measured on this rank's slice).
+    world: the ranks holding the other slices of the step's batch. Every term is normalised over all of
+    them (labeled pixels, masked anchors; negatives gathered when loss.gather_negatives), so W ranks with
+    b images per domain compute the loss and, after DDP's average, the gradient of one worker with W*b."""
     lam = dc_weight_at(step, cfg.loss)
     use_dc = lam > 0
     dev = torch.device(device)
     inputs, sizes = {}, {}
+    dtype = at_least_fp32(next(model.parameters())).dtype  # fp32 images, fp64 for an fp64 model
     for domain, batch in batches.items():
-        inputs[domain], n_lab, n_unl = _inputs(batch, use_dc, dev, channels_last)
+        inputs[domain], n_lab, n_unl = _inputs(batch, use_dc, dev, channels_last, dtype)
         sizes[domain] = (n_lab, n_unl)
 
     with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         # joint: one trunk pass over all domains' images, each head on its own slice (one DDP forward either way)
         outputs = model(inputs, joint=cfg.train.forward == "joint")
 
+    labels = {d: batches[d]["labeled"]["label"].to(dev, non_blocking=True) for d in outputs}
+    pixels = None  # labeled pixels per domain over all ranks, the CE's divisor
+    if world.size > 1:
+        pixels = world.sum(torch.stack([(labels[d] != 255).sum() for d in outputs]).float()).tolist()
     per_domain, stats = {}, {}
-    for domain, out in outputs.items():
+    for i, (domain, out) in enumerate(outputs.items()):
         n_lab, n_unl = sizes[domain]
-        labels = batches[domain]["labeled"]["label"].to(dev, non_blocking=True)
-        terms = {"ce": cross_entropy(out["logits"][:n_lab].float(), labels)}
+        logits = at_least_fp32(out["logits"][:n_lab])
+        ce = cross_entropy(logits, labels[domain], normalizer=None if pixels is None else pixels[i])
+        terms = {"ce": ce}
         if use_dc:
             u = batches[domain]["unlabeled"]
-            logits8 = F.avg_pool2d(out["logits"][n_lab:].float(), 2)  # the classifier at stride 8
-            proj = out["proj"][n_lab:].float()
+            logits8 = F.avg_pool2d(at_least_fp32(out["logits"][n_lab:]), 2)  # the classifier at stride 8
+            proj = at_least_fp32(out["proj"][n_lab:])
             dc = dc_loss_from_crops(
                 proj[:n_unl], proj[n_unl:], logits8[:n_unl], logits8[n_unl:],
                 u["box1"].to(dev), u["box2"].to(dev), u["flip1"].to(dev), u["flip2"].to(dev),
                 temperature=cfg.loss.temperature, gamma=cfg.loss.gamma, chunk_size=cfg.loss.chunk_size,
                 valid1=u["valid1"].to(dev), valid2=u["valid2"].to(dev), diagnostics=diagnostics,
+                world=world, gather_negatives=cfg.loss.gather_negatives,
             )  # fmt: skip
             terms["dc"] = dc["loss"]
             stats[f"passing/{domain}"] = dc["passing"]
@@ -95,6 +108,10 @@ def mix_loss_step(
         per_domain[domain] = terms
 
     total, parts = mix_loss(per_domain, dc_weight=lam)
+    if world.size > 1:  # the ranks' partial terms sum to the batch's terms
+        summed = world.sum(torch.tensor(list(parts.values()), dtype=torch.float64, device=dev)).tolist()
+        parts = dict(zip(parts, summed, strict=True))
+        total = total * world.backward_scale
     parts["dc_weight"] = lam
     return StepOutput(loss=total, parts=parts, stats=stats)
 

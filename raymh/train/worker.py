@@ -13,6 +13,7 @@ import random
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,10 @@ import torch.distributed as dist
 from raymh.config import config_from_dict, to_yaml
 from raymh.data.batch_transforms import train_transforms
 from raymh.data.worker_batches import StepBatches, val_batches
+from raymh.losses.world import World
 from raymh.model import MultiHeadDeepLab, normalize_uint8
 from raymh.model.precision import native_bf16
+from raymh.model.sync_bn import convert_world_batchnorm, sync_bn_enabled
 from raymh.train import artifacts
 from raymh.train.checkpoint import inference_record, load_state, save_state, unwrap
 from raymh.train.evaluate import evaluate_domains, miou_metrics
@@ -70,6 +73,64 @@ def worker_transforms(cfg, *, seed: int):
         unlabeled_scale_range=cfg.data.unlabeled_scale_range,
         seed=seed,
     )
+
+
+@dataclass
+class Replica:
+    """One rank's training state: the (DDP-wrapped) model, its optimizer and schedule, where it starts."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    start: int = 0
+    best: float = -math.inf
+
+
+def setup_replica(
+    cfg, domains: dict[str, dict], *, rank: int, world: int, channels_last: bool = False, checkpoint=None,
+    prepare=None,
+) -> Replica:
+    """Build this rank's model (the same initial weights on every rank; BatchNorm over all ranks when
+    model.sync_bn), wrap it for DDP (`prepare`, default Ray Train's prepare_model), restore a checkpoint,
+    then seed this rank's own random streams (dropout, augmentation) for the step it starts at.
+
+    The streams are seeded after everything else, in fresh and resumed runs alike: seeded before the
+    model, every rank would draw the same dropout masks for the whole run."""
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+    model = MultiHeadDeepLab(
+        {d: info["num_classes"] for d, info in domains.items()},
+        backbone=cfg.model.backbone,
+        output_stride=cfg.model.output_stride,
+        head_depth=cfg.model.head_depth,
+        proj_dim=cfg.model.proj_dim,
+        pretrained=cfg.model.pretrained,
+    )
+    if sync_bn_enabled(cfg.model.sync_bn, world):
+        model = convert_world_batchnorm(model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if prepare is None:
+        prepare = ray.train.torch.prepare_model
+    # Heads and the projection may sit out a step (DCLoss before dc_start_iter): DDP must allow it.
+    model = prepare(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+    optimizer = build_optimizer(unwrap(model), cfg.optim)
+    scheduler = poly_scheduler(optimizer, total_iters=cfg.train.iters, power=cfg.optim.poly_power)
+    replica = Replica(model, optimizer, scheduler)
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            restored = load_state(ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler)
+        replica.start, replica.best = restored["step"], restored["best_score"]
+    seed_everything(stream_seed(cfg, rank, replica.start))  # per rank; fresh but reproducible after a resume
+    return replica
+
+
+def sync_buffers(model: torch.nn.Module, world: int) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics): a no-op with model.sync_bn, where
+    they are equal already; without it each rank's would follow its own batches."""
+    if world < 2:
+        return
+    for buffer in unwrap(model).buffers():
+        dist.broadcast(buffer.data, src=0)
 
 
 def _any_rank(flag: bool, world: int) -> bool:
@@ -116,35 +177,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.scaling.cpus_per_worker)  # Ray sets OMP_NUM_THREADS=1 otherwise
-    seed_everything(stream_seed(cfg, rank, 0))
     device = ray.train.torch.get_device()
     autocast_dtype, channels_last = precision_settings(cfg, device)
-
-    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-    model = MultiHeadDeepLab(
-        {d: info["num_classes"] for d, info in domains.items()},
-        backbone=cfg.model.backbone,
-        output_stride=cfg.model.output_stride,
-        head_depth=cfg.model.head_depth,
-        proj_dim=cfg.model.proj_dim,
-        pretrained=cfg.model.pretrained,
+    replica = setup_replica(
+        cfg, domains, rank=rank, world=world, channels_last=channels_last, checkpoint=ray.train.get_checkpoint()
     )
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    # Heads and the projection may sit out a step (DCLoss before dc_start_iter): DDP must allow it.
-    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
-    optimizer = build_optimizer(unwrap(model), cfg.optim)
-    scheduler = poly_scheduler(optimizer, total_iters=cfg.train.iters, power=cfg.optim.poly_power)
-
-    start, best = 0, -math.inf
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            restored = load_state(ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler)
-        start, best = restored["step"], restored["best_score"]
-        seed_everything(stream_seed(cfg, rank, start))  # fresh, reproducible streams
-        if rank == 0:
-            say(f"resumed from checkpoint at step {start}/{cfg.train.iters}")
+    model, optimizer, scheduler, start, best = (
+        replica.model, replica.optimizer, replica.scheduler, replica.start, replica.best
+    )
+    if rank == 0 and start:
+        say(f"resumed from checkpoint at step {start}/{cfg.train.iters}")
+    loss_world = World(world)
 
     tracked = None
     if rank == 0 and config.get("mlflow"):
@@ -169,7 +212,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         logging_step = rank == 0 and ((step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.iters)
         out = mix_loss_step(
             model, batch, cfg, step=step, device=device, autocast_dtype=autocast_dtype,
-            channels_last=channels_last, diagnostics=logging_step,
+            channels_last=channels_last, diagnostics=logging_step, world=loss_world,
         )  # fmt: skip
         if not _all_ranks_finite(out.loss.detach().cpu(), world):
             bad = {k: v for k, v in out.parts.items() if not math.isfinite(v)}
@@ -215,6 +258,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _evaluate(model, cfg, domains, device, autocast_dtype, channels_last, rank, world, step, tracked) -> dict:
+    sync_buffers(model, world)  # every rank scores its val share with the model the checkpoint holds
     panels: dict[str, list] = {d: [] for d in domains}  # (id, image, label, pred) of this rank's first val rows
 
     def keep_panel(domain, batch, pred):
