@@ -208,9 +208,11 @@ def test_evaluation_with_two_workers_equals_one(ray_local, e2e_root, tmp_path):
         with trainer.fit().checkpoint.as_directory() as d:
             matrices.append(json.loads((Path(d) / "cm.json").read_text()))
     assert matrices[0] == matrices[1]
+    from raymh.data.transforms import decode_label
+
     for domain, mat in matrices[0].items():  # every val pixel counted exactly once
-        rows = data[domain].val.take_all()
-        labeled = sum(int((r["label"] != 255).sum()) for r in rows)
+        rows = data[domain].val.take_all()  # encoded rows
+        labeled = sum(int((decode_label(r["label"]) != 255).sum()) for r in rows)
         assert sum(map(sum, mat)) == labeled
 
 
