@@ -299,7 +299,8 @@ def test_transforms_on_is_checked(prepared):
 
 @pytest.mark.slow
 def test_step_batches_two_ranks_in_lockstep_past_epochs(ray_session, prepared):
-    """Two 'ranks' consume streaming_split shards through StepBatches across epoch ends without deadlock."""
+    """Two 'ranks' consume streaming_split shards through StepBatches across epoch ends without deadlock,
+    the unlabeled sets starting only at the second step (DCLoss on from there), on both ranks."""
     dd = _build(prepared, min_rows=4)  # 2 labeled rows x2 -> each rank: 2 rows = 1 batch of 2 per epoch
     split = {
         name: ds.streaming_split(2, equal=True)
@@ -316,8 +317,10 @@ def test_step_batches_two_ranks_in_lockstep_past_epochs(ray_session, prepared):
             get_shard=lambda n: split[n][r],
             keep_ids=True,
         )
-        for _ in range(3):
-            seen[r].append(next(steps)["toy"]["labeled"]["id"])
+        for step in range(4):
+            batch = steps.next_batch(unlabeled=step >= 1)["toy"]
+            assert ("unlabeled" in batch) == (step >= 1)
+            seen[r].append(batch["labeled"]["id"])
         steps.close()
 
     threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
@@ -326,4 +329,4 @@ def test_step_batches_two_ranks_in_lockstep_past_epochs(ray_session, prepared):
     for t in threads:
         t.join(timeout=180)
     assert not any(t.is_alive() for t in threads), "ranks deadlocked at an epoch boundary"
-    assert len(seen[0]) == len(seen[1]) == 3
+    assert len(seen[0]) == len(seen[1]) == 4

@@ -85,7 +85,7 @@ class RowBlocks:
         stored = np.asarray(positions, dtype=np.int64) % int(self._starts[-1])
         block = np.searchsorted(self._starts, stored, side="right") - 1
         rows = [self._table(int(b)).slice(int(s - self._starts[b]), 1) for b, s in zip(block, stored, strict=True)]
-        table = pa.concat_tables(rows).select(list(COLUMNS))
+        table = pa.concat_tables(rows, promote_options="default").select(list(COLUMNS))
         return {c: np.asarray(table[c].to_pylist(), dtype=object) for c in COLUMNS}
 
     def shard(self, *, seed: int, rank: int, world_size: int, consumed_batches: int = 0) -> RowShard:
