@@ -236,7 +236,7 @@ def build_domain_data(
     )  # fmt: skip
     # One read task at a time, in small blocks: a rank's val read holds a few MiB of encoded rows in the
     # object store at a time (the evaluation consumes far slower than a read produces).
-    val_ds = ray.data.read_parquet(val_files, columns=["id", "image", "label"], concurrency=1)
+    val_ds = ray.data.read_parquet(val_files, concurrency=1).select_columns(["id", "image", "label"])
     val_ds.context.target_max_block_size = VAL_BLOCK_BYTES
     return DomainData(
         name=domain,
