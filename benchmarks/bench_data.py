@@ -46,13 +46,13 @@ SIZES = {  # (H, W), encoding of the real dataset's images
 CROP, SCALES, UNLABELED_SCALES = (720, 720), (0.5, 2.0), (0.8, 2.0)  # the paper preset's
 
 
-def prepared_at_size(size: str, *, images: int, val_images: int, work: Path) -> Path:
-    """A prepared dir of `images` train + `val_images` val scenes at the real size of `size` (reused when
-    `work` already holds one at least as large)."""
+def prepared_at_size(size: str, *, images: int, val_images: int, work: Path, shard_rows: int = 256) -> Path:
+    """A prepared dir of `images` train + `val_images` val scenes at the real size of `size`, `shard_rows` rows
+    per Parquet file (`raymh data prepare`'s default 256), reused when `work` already holds it."""
     from raymh.data.prepare import prepare_domain, read_manifest
     from raymh.data.synth import render_dataset
 
-    out = work / f"{size}-{images}-{val_images}" / "prepared"
+    out = work / (f"{size}-{images}-{val_images}" + ("" if shard_rows == 256 else f"-{shard_rows}")) / "prepared"
     if (out / "manifest.json").is_file():
         return out
     raw = out.parent / "raw"
@@ -60,7 +60,7 @@ def prepared_at_size(size: str, *, images: int, val_images: int, work: Path) -> 
     render_dataset(raw, images=images, val_images=val_images, size=SIZES[size][0], domains=[size], overwrite=True)
     # Synscapes ships no split: its adapter takes val out of all images (val_fraction)
     options = {"val_fraction": val_images / (images + val_images)} if size == "synscapes" else None
-    prepare_domain(kind=size, root=raw / size, out=out, domain=size, options=options, overwrite=True)
+    prepare_domain(kind=size, root=raw / size, out=out, domain=size, options=options, overwrite=True, shard_rows=shard_rows)
     counts = read_manifest(out)["counts"]
     print(f"rendered and prepared {counts} {size} images at {SIZES[size][0]} in {time.perf_counter() - t0:.0f} s",
           flush=True)  # fmt: skip

@@ -117,6 +117,7 @@ def main() -> None:
     p.add_argument("--cpus-per-worker", type=int, default=1)
     p.add_argument("--backbone", default="resnet18", help="resnet50: the paper's (slow on CPUs)")
     p.add_argument("--window", type=int, nargs=2, default=(720, 720), help="slide window (the paper's crop)")
+    p.add_argument("--shard-rows", type=int, default=256, help="rows per Parquet file (prepare's default: 256)")
     p.add_argument("--work", type=Path, default=None, help="folder to render into and reuse (default: a temporary one)")
     args = p.parse_args()
 
@@ -130,7 +131,8 @@ def main() -> None:
     ray.init(num_cpus=args.workers * args.cpus_per_worker + 1, include_dashboard=False, log_to_driver=False,
              configure_logging=False)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        prepared = prepared_at_size(args.size, images=2, val_images=args.images, work=args.work or Path(tmp))
+        prepared = prepared_at_size(args.size, images=2, val_images=args.images, work=args.work or Path(tmp),
+                                    shard_rows=args.shard_rows)
         dd = build_domain_data(prepared, domain="bench", crop_size=args.window, transforms_on="worker")
         sizes = pq.read_table(sorted(str(f) for f in (prepared / "val").glob("part-*.parquet")), columns=["height", "width"])
         decoded = sum(4 * h * w for h, w in zip(sizes["height"].to_pylist(), sizes["width"].to_pylist(), strict=True))
@@ -154,7 +156,8 @@ def main() -> None:
     ray.shutdown()
     (h, w), enc = SIZES[args.size]
     print(f"setup: {args.size} {h}x{w} {enc}, {len(dd.val_ids)} val images, {args.workers} workers x "
-          f"{args.cpus_per_worker} CPU, {args.backbone}, slide {tuple(args.window)}; fit {seconds:.0f} s")
+          f"{args.cpus_per_worker} CPU, {args.backbone}, slide {tuple(args.window)}, {args.shard_rows} rows per Parquet "
+          f"file; fit {seconds:.0f} s")
     for r in sorted(workers, key=lambda r: r["rank"]):
         print(f"worker {r['rank']}: {r['rows']} rows in {r['seconds']:.1f} s, RSS before eval {r['rss_before'] / MIB:.0f} MiB, "
               f"peak RSS {r['peak_rss'] / MIB:.0f} MiB")  # fmt: skip

@@ -31,7 +31,6 @@ from raymh.data.sets import PARTS, dataset_name
 from raymh.errors import InputError
 
 logger = logging.getLogger(__name__)
-VAL_BLOCK_BYTES = 8 * 1024**2  # val read blocks: a few encoded full-size images each
 
 
 @dataclass
@@ -234,10 +233,7 @@ def build_domain_data(
         fn_kwargs={"crop_size": crop_u, "scale_range": tuple(unlabeled_scale_range)},
         what=f"{domain}.unlabeled", min_rows=min_rows, **common,
     )  # fmt: skip
-    # One read task at a time, in small blocks: a rank's val read holds a few MiB of encoded rows in the
-    # object store at a time (the evaluation consumes far slower than a read produces).
-    val_ds = ray.data.read_parquet(val_files, concurrency=1).select_columns(["id", "image", "label"])
-    val_ds.context.target_max_block_size = VAL_BLOCK_BYTES
+    val_ds = ray.data.read_parquet(val_files).select_columns(["id", "image", "label"])
     return DomainData(
         name=domain,
         manifest=manifest,
