@@ -7,6 +7,7 @@ from torch import Tensor
 
 from raymh.losses.dcloss import direction_masks, directional_contrastive_loss
 from raymh.losses.world import LOCAL, World
+from raymh.model.precision import at_least_fp32
 
 __all__ = ["dc_loss_from_crops", "overlap_anchors"]
 
@@ -125,8 +126,7 @@ def _unflipped_view(proj: Tensor, logits: Tensor, flip: Tensor, valid: Tensor | 
     """Undo horizontal flips (torch.flip on the last dim where flagged); pseudo-labels and confidences."""
     flip = flip.to(device=proj.device, dtype=torch.bool)
     proj = torch.where(flip[:, None, None, None], proj.flip(-1), proj)
-    probs = torch.where(flip[:, None, None, None], logits.flip(-1), logits).detach()
-    probs = (probs if probs.dtype == torch.float64 else probs.float()).softmax(1)
+    probs = at_least_fp32(torch.where(flip[:, None, None, None], logits.flip(-1), logits).detach()).softmax(1)
     conf, label = probs.max(1)
     h, w = proj.shape[-2:]
     if valid is None:
