@@ -66,14 +66,15 @@ def _ray_loop(config: dict) -> None:
     import ray.train.torch
 
     from raymh.config import config_from_dict
-    from raymh.data.worker_batches import StepBatches
+    from raymh.data.worker_batches import StepBatches, train_shards
     from raymh.train.worker import worker_transforms
 
     cfg = config_from_dict(config["experiment"])
     torch.set_num_threads(cfg.scaling.cpus_per_worker)
     batches = StepBatches(list(config["num_classes"]), labeled_batch_size=cfg.data.labeled_batch_size,
                           unlabeled_batch_size=cfg.data.unlabeled_batch_size,
-                          transforms=worker_transforms(cfg, seed=0), shuffle_buffer=cfg.data.shuffle_buffer)  # fmt: skip
+                          get_shard=train_shards(config["row_blocks"], seed=0, rank=0, world_size=1),
+                          transforms=worker_transforms(cfg, seed=0))  # fmt: skip
     times = timed_steps(cfg, config["num_classes"], batches, steps=config["steps"], warmup=config["warmup"],
                         prepare=ray.train.torch.prepare_model)  # fmt: skip
     batches.close()
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from ray.train.torch import TorchTrainer
 
     from raymh.data.sets import dataset_name
-    from raymh.data.worker_batches import StepBatches
+    from raymh.data.worker_batches import StepBatches, train_shards
     from raymh.train.cluster import init_ray
     from raymh.train.driver import build_domain_data
     from raymh.train.worker import worker_transforms
@@ -105,12 +106,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data = build_domain_data(cfg)
     num_classes = {name: dd.num_classes for name, dd in data.items()}
     sets = {dataset_name(n, part): getattr(dd, part) for n, dd in data.items() for part in ("labeled", "unlabeled")}
+    row_blocks = {n: s for dd in data.values() for n, s in dd.row_blocks().items()}  # data.transforms_on: worker
+    datasets = {n: s for n, s in sets.items() if n not in row_blocks}
 
     # Plain single-process PyTorch loop on the same Ray Data pipeline.
     torch.set_num_threads(cfg.scaling.cpus_per_worker)
     batches = StepBatches(list(num_classes), labeled_batch_size=cfg.data.labeled_batch_size,
-                          unlabeled_batch_size=cfg.data.unlabeled_batch_size, get_shard=sets.__getitem__,
-                          transforms=worker_transforms(cfg, seed=0), shuffle_buffer=cfg.data.shuffle_buffer)  # fmt: skip
+                          unlabeled_batch_size=cfg.data.unlabeled_batch_size,
+                          get_shard=train_shards(row_blocks, seed=0, rank=0, world_size=1, get_shard=sets.__getitem__),
+                          transforms=worker_transforms(cfg, seed=0))  # fmt: skip
     plain = timed_steps(cfg, num_classes, batches, steps=args.steps, warmup=args.warmup)
     batches.close()
 
@@ -118,9 +122,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer = TorchTrainer(
             _ray_loop,
             train_loop_config={"experiment": cfg.model_dump(mode="json"), "num_classes": num_classes,
-                               "steps": args.steps, "warmup": args.warmup},  # fmt: skip
+                               "steps": args.steps, "warmup": args.warmup, "row_blocks": row_blocks},  # fmt: skip
             scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
-            datasets=sets,
+            datasets=datasets,
             # as raymh.train.driver.build_trainer: one worker reads the sets whole (no split coordinators)
             dataset_config=ray.train.DataConfig(datasets_to_split=[]),
             run_config=ray.train.RunConfig(name="bench_step", storage_path=storage),

@@ -120,9 +120,6 @@ class DataConfig(_Section):
         description="where train batches are decoded and augmented: Ray Data CPU tasks (scales out to the "
         "cluster's CPUs), or the train worker itself between steps (no extra processes; fastest on a few cores)",
     )
-    shuffle_buffer: int = Field(
-        64, ge=0, description="rows in the worker's local shuffle buffer (transforms_on: worker; 0: no shuffle)"
-    )
     cache_dir: str = Field("~/.cache/raymh", description="where synthetic and auto-prepared data are cached")
     synthetic: SynthConfig | None = Field(None, description="render the built-in synthetic domains")
 

@@ -18,7 +18,7 @@ from raymh.data import splits
 from raymh.data.batch_transforms import train_transforms
 from raymh.data.driver_datasets import build_domain_data, write_split_lists
 from raymh.data.sets import dataset_name, datasets_to_split, shard_of
-from raymh.data.worker_batches import StepBatches, val_batches
+from raymh.data.worker_batches import StepBatches, train_shards, val_batches
 
 N_TRAIN, N_VAL = 12, 5
 CROP = (16, 24)
@@ -203,9 +203,17 @@ def test_two_worker_shards_are_disjoint_and_cover(ray_session, prepared):
     assert sorted(shard0 + shard1) == dd.unlabeled_ids
 
 
+def test_val_set_is_encoded_and_not_materialized(ray_session, prepared):
+    """Val is a lazy read of encoded rows: nothing decoded sits in the object store; ranks decode their own."""
+    dd = _build(prepared)
+    assert type(dd.val).__name__ != "MaterializedDataset"
+    row = dd.val.take(1)[0]
+    assert set(row) == {"id", "image", "label"} and isinstance(row["image"], bytes)
+
+
 def test_val_batches_partition_exactly(ray_session, prepared):
     dd = _build(prepared)
-    get = {dataset_name("toy", "val"): dd.val.materialize()}.get  # decode once, iterate per rank
+    get = {dataset_name("toy", "val"): dd.val.materialize()}.get  # read once, iterate per rank
     seen: list[str] = []
     for rank in range(2):
         for batch in val_batches("toy", rank=rank, world_size=2, batch_size=4, get_shard=get):
@@ -216,8 +224,7 @@ def test_val_batches_partition_exactly(ray_session, prepared):
             assert all(shard_of(i, world_size=2) == rank for i in batch["id"])
             seen.extend(batch["id"])
     assert sorted(seen) == dd.val_ids  # disjoint (no duplicate) and covering
-    fixed = _build(prepared, val_size=(8, 16))
-    (batch,) = val_batches("toy", rank=0, world_size=1, batch_size=8, get_shard={"toy.val": fixed.val}.get)
+    (batch,) = val_batches("toy", rank=0, world_size=1, batch_size=8, get_shard={"toy.val": dd.val}.get, size=(8, 16))
     assert tuple(batch["image"].shape) == (N_VAL, 3, 8, 16)
 
 
@@ -250,20 +257,20 @@ def test_step_batches_every_domain_and_epoch_rollover(ray_session, prepared, tmp
 
 
 def test_worker_transforms_mode_yields_encoded_rows_and_seeded_batches(ray_session, prepared):
-    """transforms_on="worker": the train sets hold encoded rows (repeated, cached); StepBatches decodes and
-    augments them with train_transforms, whose stream is fixed by its seed."""
+    """transforms_on="worker": the train sets are encoded rows (repeated) in the object store (RowBlocks);
+    StepBatches decodes and augments them with train_transforms, whose stream is fixed by its seed."""
     dd = _build(prepared, min_rows=5, match_unlabeled=True, cache_encoded=True, transforms_on="worker")
-    rows = dd.labeled.take_batch(20, batch_format="numpy")
+    assert set(dd.datasets()) == {"toy.val"} and set(dd.row_blocks()) == {"toy.labeled", "toy.unlabeled"}
+    rows = dd.labeled.take(range(dd.labeled.num_rows))
     assert set(rows) == {"id", "image", "label"} and isinstance(rows["image"][0], bytes)
-    assert sorted(rows["id"]) == sorted(dd.labeled_ids * 5)  # repeated before caching, like the ray_data mode
-    assert set(dd.unlabeled.take_batch(1, batch_format="numpy")) == {"id", "image", "label"}  # label: diagnostics
-
-    shards = {dataset_name("toy", p): getattr(dd, p) for p in ("labeled", "unlabeled")}
+    assert sorted(rows["id"]) == sorted(dd.labeled_ids * 5)  # repeated, like the ray_data mode
+    assert set(dd.unlabeled.take([0])) == {"id", "image", "label"}  # label: diagnostics
 
     def first_steps(seed, n=3):
         fns = train_transforms(crop_size=CROP, scale_range=(0.5, 1.5), unlabeled_scale_range=(0.8, 1.2), seed=seed)
-        steps = StepBatches(["toy"], labeled_batch_size=2, unlabeled_batch_size=2, get_shard=shards.get,
-                            transforms=fns, shuffle_buffer=0, keep_ids=True)  # fmt: skip
+        shards = train_shards(dd.row_blocks(), seed=0, rank=0, world_size=1)  # the same row order every time
+        steps = StepBatches(["toy"], labeled_batch_size=2, unlabeled_batch_size=2, get_shard=shards,
+                            transforms=fns, keep_ids=True)  # fmt: skip
         out = [next(steps)["toy"] for _ in range(n)]
         steps.close()
         return out
@@ -274,7 +281,7 @@ def test_worker_transforms_mode_yields_encoded_rows_and_seeded_batches(ray_sessi
     assert str(lab["label"].dtype) == "torch.int64" and set(lab["label"].unique().tolist()) <= {0, 1, 2, 255}
     assert tuple(unl["image1"].shape) == (2, 3, *CROP) and tuple(unl["box1"].shape) == (2, 4)
     assert set(lab["id"]) <= set(dd.labeled_ids) and set(unl["id"]) <= set(dd.unlabeled_ids)
-    # shuffle_buffer=0 keeps the row order, so the seed alone decides the crops
+    # the same row order (RowBlocks' seed), so the transforms' seed alone decides the crops
     for x, y in zip(a, b, strict=True):
         assert x["labeled"]["id"] == y["labeled"]["id"]
         assert (x["labeled"]["image"] == y["labeled"]["image"]).all()
@@ -292,7 +299,8 @@ def test_transforms_on_is_checked(prepared):
 
 @pytest.mark.slow
 def test_step_batches_two_ranks_in_lockstep_past_epochs(ray_session, prepared):
-    """Two 'ranks' consume streaming_split shards through StepBatches across epoch ends without deadlock."""
+    """Two 'ranks' consume streaming_split shards through StepBatches across epoch ends without deadlock,
+    the unlabeled sets starting only at the second step (DCLoss on from there), on both ranks."""
     dd = _build(prepared, min_rows=4)  # 2 labeled rows x2 -> each rank: 2 rows = 1 batch of 2 per epoch
     split = {
         name: ds.streaming_split(2, equal=True)
@@ -309,8 +317,10 @@ def test_step_batches_two_ranks_in_lockstep_past_epochs(ray_session, prepared):
             get_shard=lambda n: split[n][r],
             keep_ids=True,
         )
-        for _ in range(3):
-            seen[r].append(next(steps)["toy"]["labeled"]["id"])
+        for step in range(4):
+            batch = steps.next_batch(unlabeled=step >= 1)["toy"]
+            assert ("unlabeled" in batch) == (step >= 1)
+            seen[r].append(batch["labeled"]["id"])
         steps.close()
 
     threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
@@ -319,4 +329,4 @@ def test_step_batches_two_ranks_in_lockstep_past_epochs(ray_session, prepared):
     for t in threads:
         t.join(timeout=180)
     assert not any(t.is_alive() for t in threads), "ranks deadlocked at an epoch boundary"
-    assert len(seen[0]) == len(seen[1]) == 3
+    assert len(seen[0]) == len(seen[1]) == 4

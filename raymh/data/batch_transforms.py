@@ -2,7 +2,8 @@
 
 They run where `data.transforms_on` puts them: in Ray Data `map_batches` CPU tasks (`ray_data`, built into
 the train sets by `raymh.data.driver_datasets`) or in the train worker itself (`worker`, through
-`train_transforms` and `StepBatches(transforms=...)`). Val rows are always decoded by Ray Data tasks.
+`train_transforms` and `StepBatches(transforms=...)`). Val rows are decoded by `val_batch` in the process
+that evaluates them (`raymh.data.worker_batches.val_batches`), after the rank's rows are picked.
 """
 
 from __future__ import annotations

@@ -2,10 +2,12 @@
 
 Runs in the driver process (`raymh train`, `raymh eval`, the benchmarks), before the TorchTrainer starts.
 Each domain's sets are read from the prepared Parquet shards; train batches are decoded and augmented in
-`map_batches` CPU tasks (or, with `data.transforms_on: worker`, in the train worker: the sets then hold
-encoded rows), and (train sets only) split across Ray Train workers by
-`DataConfig(datasets_to_split=...)`, i.e. `streaming_split(world_size, equal=True)`. Val sets are decoded
-once and materialized; they are never split by Ray (see `raymh.data.worker_batches.val_batches`).
+`map_batches` CPU tasks and split across Ray Train workers by `DataConfig(datasets_to_split=...)`, i.e.
+`streaming_split(world_size, equal=True)`; or, with `data.transforms_on: worker`, the train sets are the
+encoded rows put in the object store (`raymh.data.row_blocks.RowBlocks`), which every worker reads in a
+seeded per-epoch order and decodes and augments itself. Val sets are lazy reads of the encoded rows, never
+split by Ray nor materialized: each rank decodes only the rows whose id hashes to it
+(`raymh.data.worker_batches.val_batches`).
 """
 
 from __future__ import annotations
@@ -23,30 +25,37 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raymh.data import splits
-from raymh.data.batch_transforms import check_crop, labeled_batch, unlabeled_batch, val_batch
+from raymh.data.batch_transforms import check_crop, labeled_batch, unlabeled_batch
+from raymh.data.row_blocks import RowBlocks, put_rows
 from raymh.data.sets import PARTS, dataset_name
 from raymh.errors import InputError
 
 logger = logging.getLogger(__name__)
+VAL_BLOCK_BYTES = 8 * 1024**2  # val read blocks: a few encoded full-size images each
 
 
 @dataclass
 class DomainData:
-    """One domain's prepared data: its manifest, split ids and the three Ray Datasets."""
+    """One domain's prepared data: its manifest, split ids and its three sets (Ray Datasets; with
+    transforms_on="worker" the labeled and unlabeled sets are `RowBlocks`)."""
 
     name: str
     manifest: dict[str, Any]
     num_classes: int
     labeled_ids: list[str]
     unlabeled_ids: list[str]
-    labeled: Any  # ray.data.Dataset
+    labeled: Any  # ray.data.Dataset or RowBlocks
     unlabeled: Any
-    val: Any
+    val: Any  # ray.data.Dataset of encoded rows (id, image, label)
     val_ids: list[str] = field(default_factory=list)
 
     def datasets(self) -> dict[str, Any]:
-        """{dataset_name(domain, part): dataset} for TorchTrainer(datasets=...)."""
-        return {dataset_name(self.name, p): getattr(self, p) for p in PARTS}
+        """{dataset_name(domain, part): Ray Dataset} for TorchTrainer(datasets=...) (RowBlocks left out)."""
+        return {dataset_name(self.name, p): s for p in PARTS if not isinstance(s := getattr(self, p), RowBlocks)}
+
+    def row_blocks(self) -> dict[str, RowBlocks]:
+        """{dataset_name(domain, part): RowBlocks}: the sets the workers read from the object store."""
+        return {dataset_name(self.name, p): s for p in PARTS if isinstance(s := getattr(self, p), RowBlocks)}
 
 
 def _select_rows(table: pa.Table, *, ids: list[str]) -> pa.Table:
@@ -87,19 +96,12 @@ def _scan_ids(files: list[str]) -> tuple[list[str], list[str]]:
     return ids, [i for i, ok in zip(ids, has_label, strict=True) if ok]
 
 
-def _cached_rows(files: list[str], ids: list[str], *, columns: list[str], repeat: int):
-    """The rows of `ids` from the Parquet files, put in the object store one file at a time, as a Dataset
-    whose block list names every block `repeat` times (repeating costs no memory). No Ray Data execution:
-    a few Parquet reads here instead of a read/filter/materialize run per set (seconds each on 2 cores)."""
-    import ray
-    import ray.data
-
-    refs = []
-    for path in files:
-        table = _select_rows(pq.read_table(path, columns=columns), ids=ids)
-        if table.num_rows:
-            refs.append(ray.put(table))
-    return ray.data.from_arrow_refs(refs * repeat)
+def _cached_rows(files: list[str], ids: list[str], *, columns: list[str], repeat: int, name: str, shuffle: bool):
+    """The rows of `ids` from the Parquet files, put in the object store one file at a time, as RowBlocks
+    (repeating costs no memory). No Ray Data execution: a few Parquet reads here instead of a
+    read/filter/materialize run per set (seconds each on 2 cores)."""
+    tables = [_select_rows(pq.read_table(path, columns=columns), ids=ids) for path in files]
+    return put_rows(name, tables, repeat=repeat, shuffle=shuffle)
 
 
 def _train_set(
@@ -108,9 +110,10 @@ def _train_set(
 ):
     """read -> keep ids (repeated up to min_rows) [-> cache] -> shuffle -> small blocks -> decode + augment.
 
-    transforms_on="worker": stop after the (cached, repeated) encoded rows; the train worker decodes and
-    augments them itself (`raymh.data.worker_batches.StepBatches(transforms=...)`) and shuffles with a local buffer, so an epoch is a
-    read of object-store blocks with no Ray tasks at all.
+    transforms_on="worker": stop after the encoded rows; cached, they are RowBlocks, which each train worker
+    reads in a seeded per-epoch permutation and decodes and augments itself
+    (`raymh.data.worker_batches.StepBatches(transforms=...)`), so an epoch is a read of object-store blocks
+    with no Ray tasks at all.
     """
     import ray.data
 
@@ -120,7 +123,7 @@ def _train_set(
             "%s: %d rows repeated %d times to reach %d rows per epoch", what, len(ids), repeat, min_rows
         )
     if transforms_on == "worker" and cache_encoded:
-        return _cached_rows(files, ids, columns=columns, repeat=repeat)
+        return _cached_rows(files, ids, columns=columns, repeat=repeat, name=what, shuffle=shuffle)
     ds = (
         ray.data.read_parquet(files)
         .select_columns(columns)
@@ -155,14 +158,12 @@ def build_domain_data(
     unlabeled_crop_size: Sequence[int] | None = None,
     scale_range: Sequence[float] = (0.5, 2.0),
     unlabeled_scale_range: Sequence[float] = (0.8, 2.0),
-    val_size: Sequence[int] | None = None,
     min_rows: int = 1,
     num_cpus_per_task: float = 1,
     shuffle: bool = True,
     map_batch_size: int = 16,
     match_unlabeled: bool = True,
     cache_encoded: bool = True,
-    materialize_val: bool = True,
     transforms_on: str = "ray_data",
 ) -> DomainData:
     """One domain's labeled / unlabeled / val Ray Datasets from a prepared dir (docs/data.md).
@@ -171,16 +172,17 @@ def build_domain_data(
     their rows so every worker's shard yields at least one full batch. match_unlabeled: also repeat the
     labeled rows up to the unlabeled count (UniMatch), so a labeled epoch is about as long as an unlabeled
     one; each new epoch restarts the Ray Data pipeline (seconds), so short epochs stall training.
-    shuffle: a new random row order every epoch (`random_shuffle`); map_batch_size: rows per decode task.
+    shuffle: a new random row order every epoch (`random_shuffle`; worker mode: a seeded permutation of the
+    rows per epoch, `RowBlocks`); map_batch_size: rows per decode task.
     cache_encoded: read the train split's encoded rows once into the object store (now, at build time),
     so epoch restarts skip listing and reading files (here 1.7 s vs 7.5 s to a first step); costs object
     store memory of the encoded train split, once (Ray spills it to disk when short).
-    materialize_val: decode the val split once into the object store (object-store memory of the decoded
-    val images; pass val_size or False for very large val sets).
     transforms_on: "ray_data" (train sets yield decoded, augmented batches from Ray Data CPU tasks) or
-    "worker" (train sets yield encoded rows, cached after repeating; the train worker decodes and augments
+    "worker" (train sets are RowBlocks of encoded rows when cached; the train worker decodes and augments
     them with `batch_transforms.train_transforms`: no Ray Data tasks while training, the fastest choice on
     a few cores).
+    The val set is a lazy read of the encoded val rows (id, image, label): nothing is decoded here nor
+    materialized; `val_batches` streams it and decodes a rank's own rows only.
     """
     import ray.data
 
@@ -232,19 +234,10 @@ def build_domain_data(
         fn_kwargs={"crop_size": crop_u, "scale_range": tuple(unlabeled_scale_range)},
         what=f"{domain}.unlabeled", min_rows=min_rows, **common,
     )  # fmt: skip
-    val_ds = (
-        ray.data.read_parquet(val_files)
-        .select_columns(["id", "image", "label"])
-        .repartition(target_num_rows_per_block=map_batch_size)
-        .map_batches(
-            val_batch, batch_size=map_batch_size, num_cpus=num_cpus_per_task,
-            fn_kwargs={"size": None if val_size is None else tuple(val_size)},
-        )
-    )  # fmt: skip
-    if materialize_val:
-        # Decode val once, now: each evaluation then reads blocks from the object store instead of
-        # restarting a Ray Data execution per domain (seconds each; most of a short run's eval time).
-        val_ds = val_ds.materialize()
+    # One read task at a time, in blocks of VAL_BLOCK_BYTES: the read runs ahead of the evaluation that
+    # consumes it; measured (benchmarks/bench_eval.py) this halves the object store's peak.
+    val_ds = ray.data.read_parquet(val_files, concurrency=1).select_columns(["id", "image", "label"])
+    val_ds.context.target_max_block_size = VAL_BLOCK_BYTES
     return DomainData(
         name=domain,
         manifest=manifest,

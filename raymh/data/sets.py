@@ -1,8 +1,8 @@
 """The names of a domain's Ray Datasets and the val shard rule, shared by the driver and the workers.
 
-The driver passes each domain's sets to `TorchTrainer(datasets=...)` under `dataset_name(domain, part)`
-(`raymh.data.driver_datasets`); each worker asks for its shard under the same name
-(`raymh.data.worker_batches`).
+The driver passes each domain's sets to `TorchTrainer(datasets=...)` (worker-mode train sets, `RowBlocks`,
+in the train loop's config) under `dataset_name(domain, part)` (`raymh.data.driver_datasets`); each worker
+asks for its shard under the same name (`raymh.data.worker_batches`).
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """Worker side: the train worker's step batches (`StepBatches`) and its share of each val set (`val_batches`).
 
 Runs inside each Ray Train worker, on the shards `ray.train.get_dataset_shard` hands out for the sets the
-driver built (`raymh.data.driver_datasets`). Every worker cycles its shard of every domain, so every step
-sees one labeled and one unlabeled batch per domain. Validation is not split by Ray: every rank reads it
-all and keeps the ids that hash to it. (`raymh eval` reads val sets through `val_batches` on the driver,
-as a world of one.)
+driver built (`raymh.data.driver_datasets`), or, for `data.transforms_on: worker`, on its share of the
+encoded rows the driver put in the object store (`raymh.data.row_blocks`, through `train_shards`). Every
+worker cycles its shard of every domain, so every step sees one labeled batch per domain, and one unlabeled
+batch per domain on the steps that forward them (DCLoss on). Validation is not split by Ray: every rank
+streams the encoded val rows, keeps the ids that hash to it and decodes only those. (`raymh eval` reads
+val sets through `val_batches` on the driver, as a world of one.)
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from raymh.data.batch_transforms import val_batch
+from raymh.data.row_blocks import RowBlocks
 from raymh.data.sets import dataset_name, shard_of
 
 
@@ -28,7 +32,10 @@ def _default_get_shard() -> Callable[[str], Any]:
 def _iter_numpy(
     shard: Any, *, batch_size: int, drop_last: bool, prefetch_batches: int, shuffle_buffer: int | None = None
 ) -> Iterator[dict]:
-    """Batches of a DataIterator / Dataset (or anything with iter_batches / iter_torch_batches)."""
+    """Batches of a RowShard (one epoch), a DataIterator / Dataset (or anything with iter_batches /
+    iter_torch_batches)."""
+    if hasattr(shard, "iter_epoch"):
+        return shard.iter_epoch(batch_size=batch_size)
     if hasattr(shard, "iter_batches"):
         return iter(
             shard.iter_batches(
@@ -151,19 +158,23 @@ class _ShardFeeder:
 
 
 class StepBatches:
-    """Worker-side iterator: each next() gives {domain: {"labeled": {...}, "unlabeled": {...}}} of torch tensors.
+    """Worker-side iterator: each step gives {domain: {"labeled": {...}, "unlabeled": {...}}} of torch tensors.
 
-    Every domain's labeled and unlabeled shard is cycled forever by a background feeder thread (a new
-    epoch when one is exhausted; drop_last, so shapes are fixed), so pipeline start-ups and epoch restarts
-    of all sets overlap each other and the training step. With `streaming_split(equal=True)` (what
-    DataConfig uses) every rank's shard has the same row count, hence the same batches per epoch, and the
-    ranks' epochs roll over together without deadlock (see `_ShardFeeder`). Labels come as int64.
+    `next_batch(unlabeled=False)` leaves "unlabeled" out: a step that forwards no crop pair (DCLoss not on
+    yet, or lambda 0) reads, decodes and augments none. Every domain's labeled and unlabeled shard is cycled
+    forever by a background feeder thread (a new epoch when one is exhausted; drop_last, so shapes are
+    fixed), started at the first step that asks for that part, so pipeline start-ups and epoch restarts of
+    all sets overlap each other and the training step. Every rank asks for the same parts at the same steps
+    (the choice is a function of the step), so with `streaming_split(equal=True)` (what DataConfig uses)
+    the ranks start and roll over each set's epochs together, without deadlock (see `_ShardFeeder`); an
+    unlabeled set nobody asks for starts no Ray Data execution at all. Labels come as int64.
 
-    transforms: {"labeled": fn, "unlabeled": fn} (`batch_transforms.train_transforms`) when the shards hold encoded rows
-    (data.transforms_on: worker): the feeders then only fetch rows (shuffled through a local buffer of
-    shuffle_buffer rows; 0 or None: in the set's order) and next() decodes and augments them here, in the
-    caller's thread, so the work never competes with the training step's threads and follows the
-    transforms' seeded generator.
+    transforms: {"labeled": fn, "unlabeled": fn} (`batch_transforms.train_transforms`) when the shards hold
+    encoded rows (data.transforms_on: worker): the feeders then only fetch rows and next_batch() decodes
+    and augments them here, in the caller's thread, so the work never competes with the training step's
+    threads and follows the transforms' seeded generator. Worker-mode shards are `RowShard`s (a seeded
+    permutation per epoch, `train_shards`); a plain Dataset shard of encoded rows is shuffled through a
+    local buffer of shuffle_buffer rows instead (0 or None: in the set's order).
     """
 
     def __init__(
@@ -202,35 +213,36 @@ class StepBatches:
 
     @property
     def epochs(self) -> dict[tuple[str, str], int]:
-        """Completed epochs per (domain, part) (counted by the feeders, which may run ahead)."""
+        """Completed epochs per started (domain, part) (counted by the feeders, which may run ahead)."""
         return {key: feeder.epochs for key, feeder in self._feeders.items()}
 
-    def _start(self) -> None:
-        for domain in self.domains:
-            for part in ("labeled", "unlabeled"):
-                name = dataset_name(domain, part)
-                shard = self._get_shard(name)
-                if shard is None:
-                    raise KeyError(
-                        f"no dataset {name!r} was passed to the trainer (TorchTrainer(datasets=...))"
-                    )
-                self._feeders[(domain, part)] = _ShardFeeder(
-                    shard,
-                    name=name,
-                    batch_size=self.batch_sizes[part],
-                    depth=self._depth,
-                    keep_ids=self._keep_ids,
-                    raw=self._transforms is not None,
-                    shuffle_buffer=(self._shuffle_buffer or None) if self._transforms is not None else None,
-                )
+    def _feeder(self, domain: str, part: str) -> _ShardFeeder:
+        if (domain, part) not in self._feeders:
+            name = dataset_name(domain, part)
+            shard = self._get_shard(name)
+            if shard is None:
+                raise KeyError(f"no dataset {name!r} was passed to the trainer (TorchTrainer(datasets=...))")
+            self._feeders[(domain, part)] = _ShardFeeder(
+                shard,
+                name=name,
+                batch_size=self.batch_sizes[part],
+                depth=self._depth,
+                keep_ids=self._keep_ids,
+                raw=self._transforms is not None,
+                shuffle_buffer=(self._shuffle_buffer or None) if self._transforms is not None else None,
+            )
+        return self._feeders[(domain, part)]
 
-    def __next__(self) -> dict[str, dict[str, dict[str, Any]]]:
-        if not self._feeders:
-            self._start()
+    def next_batch(self, *, unlabeled: bool = True) -> dict[str, dict[str, dict[str, Any]]]:
+        """The next step's batches of every domain; unlabeled=False: labeled batches only."""
+        parts = ("labeled", "unlabeled") if unlabeled else ("labeled",)
+        for domain in self.domains:  # start every needed feeder before waiting on any
+            for part in parts:
+                self._feeder(domain, part)
         out: dict[str, dict[str, dict[str, Any]]] = {}
         for domain in self.domains:
             out[domain] = {}
-            for part in ("labeled", "unlabeled"):
+            for part in parts:
                 batch = self._feeders[(domain, part)].get()
                 if self._transforms is not None:
                     batch = _to_torch(self._transforms[part](batch), device=None, keep_ids=self._keep_ids)
@@ -239,6 +251,9 @@ class StepBatches:
                     for k, v in batch.items()
                 }
         return out
+
+    def __next__(self) -> dict[str, dict[str, dict[str, Any]]]:
+        return self.next_batch()
 
     def close(self) -> None:
         """Stop the feeder threads (and their shard iterators) before Ray shuts down."""
@@ -249,6 +264,42 @@ class StepBatches:
     def __del__(self) -> None:
         if getattr(self, "_feeders", None):
             self.close()
+
+
+def step_images(batch: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> int:
+    """Images a step forwards: every labeled image and both crops of every unlabeled pair it holds."""
+    return sum(
+        parts["labeled"]["image"].shape[0] + (2 * parts["unlabeled"]["image1"].shape[0] if "unlabeled" in parts else 0)
+        for parts in batch.values()
+    )
+
+
+def train_shards(
+    row_blocks: Mapping[str, RowBlocks] | None,
+    *,
+    seed: int,
+    rank: int,
+    world_size: int,
+    consumed_batches: Mapping[str, int] | None = None,
+    get_shard: Callable[[str], Any] | None = None,
+) -> Callable[[str], Any]:
+    """StepBatches' get_shard in a train worker: this rank's `RowShard` of a set the driver put in the object
+    store (data.transforms_on: worker), else Ray Train's shard of the Dataset.
+
+    consumed_batches: {"labeled": n, "unlabeled": m}, the batches of each part this rank took before (a
+    resumed run at step s: s labeled, and as many unlabeled as steps before s forwarded crop pairs), so a
+    resumed run reads the rows an uninterrupted one would have."""
+    blocks, consumed = dict(row_blocks or {}), dict(consumed_batches or {})
+
+    def get(name: str) -> Any:
+        if name in blocks:
+            part = name.rsplit(".", 1)[-1]
+            return blocks[name].shard(
+                seed=seed, rank=rank, world_size=world_size, consumed_batches=consumed.get(part, 0)
+            )
+        return (get_shard or _default_get_shard())(name)
+
+    return get
 
 
 def _rows(batch: dict[str, Any]) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
@@ -264,10 +315,15 @@ def val_batches(
     batch_size: int = 1,
     get_shard: Callable[[str], Any] | None = None,
     device: Any = "cpu",
+    size: Sequence[int] | None = None,
+    read_rows: int = 16,
 ) -> Iterator[dict[str, Any]]:
     """This rank's val batches: rows whose shard_of(id) == rank (disjoint and covering over ranks, no padding).
 
-    Yields {"id": list[str], "image": (B,3,H,W) uint8, "label": (B,H,W) int64}; a batch holds consecutive
+    The val set holds encoded rows (`build_domain_data`); they stream through read_rows at a time, and only
+    this rank's rows are decoded (here, resized to `size` (H, W) when given), so a rank holds at most one read
+    batch of encoded rows and one batch of decoded ones, whatever the val set's size. Yields
+    {"id": list[str], "image": (B,3,H,W) uint8, "label": (B,H,W) int64}; a batch holds consecutive
     same-size rows, up to batch_size (the last one may be smaller).
     """
     import torch
@@ -288,10 +344,12 @@ def val_batches(
             "label": torch.from_numpy(np.stack(labels)).long().to(device),
         }
 
-    for batch in _iter_numpy(shard, batch_size=max(batch_size, 8), drop_last=False, prefetch_batches=1):
-        for row in _rows(batch):
-            if shard_of(row[0], world_size=world_size) != rank:
-                continue
+    for batch in _iter_numpy(shard, batch_size=max(read_rows, 1), drop_last=False, prefetch_batches=1):
+        mine = [i for i, sid in enumerate(batch["id"]) if shard_of(str(sid), world_size=world_size) == rank]
+        if not mine:
+            continue
+        encoded = {k: [batch[k][i] for i in mine] for k in ("id", "image", "label")}
+        for row in _rows(val_batch(encoded, size=None if size is None else tuple(size))):
             if pending and (row[1].shape != pending[0][1].shape or len(pending) == batch_size):
                 yield flush()
             pending.append(row)

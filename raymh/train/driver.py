@@ -115,7 +115,6 @@ def build_domain_data(cfg: ExperimentConfig) -> dict[str, Any]:
             crop_size=tuple(cfg.data.crop_size),
             scale_range=tuple(cfg.data.scale_range),
             unlabeled_scale_range=tuple(cfg.data.unlabeled_scale_range),
-            val_size=tuple(cfg.data.val_size) if cfg.data.val_size else None,
             min_rows=min_rows,
             num_cpus_per_task=cfg.scaling.data_cpus or 1,
             transforms_on=cfg.data.transforms_on,
@@ -145,11 +144,11 @@ def build_trainer(
     from raymh.data.sets import dataset_name
     from raymh.train.worker import train_loop_per_worker
 
-    datasets, to_split = {}, []
+    datasets, to_split, row_blocks = {}, [], {}
     for name, dd in domain_data.items():
-        for part in ("labeled", "unlabeled", "val"):
-            datasets[dataset_name(name, part)] = getattr(dd, part)
-        to_split += [dataset_name(name, "labeled"), dataset_name(name, "unlabeled")]
+        datasets.update(dd.datasets())  # Ray Datasets; worker-mode train sets are RowBlocks, read by the workers
+        row_blocks.update(dd.row_blocks())
+        to_split += [n for n in (dataset_name(name, "labeled"), dataset_name(name, "unlabeled")) if n in datasets]
     if cfg.scaling.num_workers == 1:
         # One worker reads everything: no streaming_split, so no split-coordinator actor per dataset (six
         # of them cost over a core here); the worker runs the Ray Data executors itself.
@@ -164,6 +163,7 @@ def build_trainer(
                    "palette": dd.manifest["palette"], "label_format": label_format(dd.manifest)}
             for name, dd in domain_data.items()
         },
+        "row_blocks": row_blocks,
         "mlflow": mlflow,
         "stop_flag": stop_flag,
         "run_dir": str(run_dir) if run_dir else f"{storage_root(cfg)}/{run_name}",
@@ -430,7 +430,7 @@ def evaluate_checkpoint(
     data = build_domain_data(cfg)
     model = model_from_checkpoint(ckpt, cfg.model, {n: dd.num_classes for n, dd in data.items()}, state=state)
     sets = {dataset_name(n, "val"): dd.val for n, dd in data.items()}
-    val = {n: val_batches(n, rank=0, world_size=1, get_shard=sets.__getitem__) for n in data}
+    val = {n: val_batches(n, rank=0, world_size=1, get_shard=sets.__getitem__, size=cfg.data.val_size) for n in data}
     torch.set_num_threads(cfg.scaling.cpus_per_worker)
     # the training loop's evaluation precision (bf16 + channels_last where native under `auto`)
     autocast_dtype, channels_last = precision_settings(cfg, torch.device("cpu"))

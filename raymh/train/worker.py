@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from raymh.config import config_from_dict, to_yaml
 from raymh.data.batch_transforms import train_transforms
-from raymh.data.worker_batches import StepBatches, val_batches
+from raymh.data.worker_batches import StepBatches, step_images, train_shards, val_batches
 from raymh.losses.world import World
 from raymh.model import MultiHeadDeepLab, normalize_uint8
 from raymh.model.precision import native_bf16
@@ -36,7 +36,7 @@ from raymh.train.evaluate import evaluate_domains, miou_metrics
 from raymh.train.interrupt import WorkerStopCheck
 from raymh.train.optim import build_optimizer, poly_scheduler
 from raymh.train.progress import Eta
-from raymh.train.step import mix_loss_step
+from raymh.train.step import dc_weight_at, mix_loss_step
 from raymh.train.tracking import TrackedRun
 
 
@@ -201,14 +201,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         unlabeled_batch_size=cfg.data.unlabeled_batch_size,
         device=device,
         transforms=worker_transforms(cfg, seed=stream_seed(cfg, rank, start)),
-        shuffle_buffer=cfg.data.shuffle_buffer,
+        get_shard=train_shards(
+            config.get("row_blocks"), seed=cfg.train.seed, rank=rank, world_size=world,
+            consumed_batches={"labeled": start, "unlabeled": sum(dc_weight_at(s, cfg.loss) > 0 for s in range(start))},
+        ),  # fmt: skip
     )
     model.train()
     t_log, images_since = time.perf_counter(), 0
     eta = Eta(cfg.train.iters, restart_at=[cfg.loss.dc_start_iter])  # DCLoss steps cost about twice as much
     for step in range(start, cfg.train.iters):
         eta.step_starts(step)
-        batch = next(batches)
+        batch = batches.next_batch(unlabeled=dc_weight_at(step, cfg.loss) > 0)  # no unlabeled work before DCLoss
         logging_step = rank == 0 and ((step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.iters)
         out = mix_loss_step(
             model, batch, cfg, step=step, device=device, autocast_dtype=autocast_dtype,
@@ -225,7 +228,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         out.loss.backward()
         optimizer.step()
         scheduler.step()
-        images_since += sum(b["labeled"]["image"].shape[0] + 2 * b["unlabeled"]["image1"].shape[0] for b in batch.values())
+        images_since += step_images(batch)  # forwarded images only
 
         done = step + 1
         if logging_step:
@@ -268,7 +271,7 @@ def _evaluate(model, cfg, domains, device, autocast_dtype, channels_last, rank, 
             img = batch["image"][i].permute(1, 2, 0).cpu().numpy()
             panels[domain].append((batch["id"][i], img, batch["label"][i].cpu().numpy(), pred[i].cpu().numpy()))
 
-    val = {d: val_batches(d, rank=rank, world_size=world) for d in domains}
+    val = {d: val_batches(d, rank=rank, world_size=world, size=cfg.data.val_size) for d in domains}
     cms = evaluate_domains(
         unwrap(model), val, {d: i["num_classes"] for d, i in domains.items()},
         normalize=normalize_uint8, device=device, mode=cfg.train.eval_mode,
