@@ -68,7 +68,7 @@ def _eval_loop(config: dict) -> None:
     def count(_domain, batch, _pred):
         rows.extend(batch["id"])
 
-    val = {domain: val_batches(domain, rank=rank, world_size=world)}
+    val = {domain: val_batches(config["val_rows"], rank=rank, world_size=world)}
     evaluate_domains(model, val, {domain: num_classes}, normalize=normalize_uint8, mode="slide",
                      window=tuple(config["window"]), on_batch=count)  # fmt: skip
     mine = {"rank": rank, "rss_before": rss_before, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -125,8 +125,7 @@ def main() -> None:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from raymh.data.driver_datasets import build_domain_data, ingest_options
-    from raymh.data.sets import dataset_name
+    from raymh.data.driver_datasets import build_domain_data
 
     ray.init(num_cpus=args.workers * args.cpus_per_worker + 1, include_dashboard=False, log_to_driver=False,
              configure_logging=False)  # fmt: skip
@@ -142,10 +141,8 @@ def main() -> None:
             _eval_loop,
             train_loop_config={"domain": "bench", "num_classes": dd.num_classes, "backbone": args.backbone,
                                "head_depth": 1 if args.backbone == "resnet18" else 2, "window": list(args.window),
-                               "threads": args.cpus_per_worker},  # fmt: skip
+                               "threads": args.cpus_per_worker, "val_rows": dd.val},  # fmt: skip
             scaling_config=ray.train.ScalingConfig(num_workers=args.workers, resources_per_worker={"CPU": args.cpus_per_worker}),
-            datasets={dataset_name("bench", "val"): dd.val},
-            dataset_config=ray.train.DataConfig(datasets_to_split=[], execution_options=ingest_options()),
             run_config=ray.train.RunConfig(name="bench_eval", storage_path=str(Path(tmp) / "runs")),
         )
         result = trainer.fit()

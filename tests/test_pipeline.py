@@ -18,6 +18,7 @@ from raymh.data import splits
 from raymh.data.batch_transforms import train_transforms
 from raymh.data.driver_datasets import build_domain_data, write_split_lists
 from raymh.data.sets import dataset_name, datasets_to_split, shard_of
+from raymh.data.val_rows import ValRows
 from raymh.data.worker_batches import StepBatches, train_shards, val_batches
 
 N_TRAIN, N_VAL = 12, 5
@@ -203,20 +204,20 @@ def test_two_worker_shards_are_disjoint_and_cover(ray_session, prepared):
     assert sorted(shard0 + shard1) == dd.unlabeled_ids
 
 
-def test_val_set_is_encoded_and_not_materialized(ray_session, prepared):
-    """Val is a lazy read of encoded rows: nothing decoded sits in the object store; ranks decode their own."""
+def test_val_set_is_the_val_files_and_nothing_in_ray(ray_session, prepared):
+    """Val is the val split's Parquet files: nothing read into the object store; ranks read their own rows."""
     dd = _build(prepared)
-    assert type(dd.val).__name__ != "MaterializedDataset"
-    row = dd.val.take(1)[0]
-    assert set(row) == {"id", "image", "label"} and isinstance(row["image"], bytes)
+    assert isinstance(dd.val, ValRows) and dd.val.num_rows == N_VAL and all(Path(f).is_file() for f in dd.val.files)
+    assert set(dd.datasets()) == {"toy.labeled", "toy.unlabeled"}
+    (encoded,) = dd.val.iter_encoded(rank=0, world_size=1, read_rows=N_VAL)
+    assert set(encoded) == {"id", "image", "label"} and isinstance(encoded["image"][0], bytes)
 
 
 def test_val_batches_partition_exactly(ray_session, prepared):
     dd = _build(prepared)
-    get = {dataset_name("toy", "val"): dd.val.materialize()}.get  # read once, iterate per rank
     seen: list[str] = []
     for rank in range(2):
-        for batch in val_batches("toy", rank=rank, world_size=2, batch_size=4, get_shard=get):
+        for batch in val_batches(dd.val, rank=rank, world_size=2, batch_size=4):
             n = len(batch["id"])
             assert batch["image"].shape[:2] == (n, 3) and batch["label"].shape[0] == n
             assert batch["image"].shape[2:] == batch["label"].shape[1:]
@@ -224,7 +225,7 @@ def test_val_batches_partition_exactly(ray_session, prepared):
             assert all(shard_of(i, world_size=2) == rank for i in batch["id"])
             seen.extend(batch["id"])
     assert sorted(seen) == dd.val_ids  # disjoint (no duplicate) and covering
-    (batch,) = val_batches("toy", rank=0, world_size=1, batch_size=8, get_shard={"toy.val": dd.val}.get, size=(8, 16))
+    (batch,) = val_batches(dd.val, rank=0, world_size=1, batch_size=8, size=(8, 16))
     assert tuple(batch["image"].shape) == (N_VAL, 3, 8, 16)
 
 
@@ -236,7 +237,6 @@ def test_step_batches_every_domain_and_epoch_rollover(ray_session, prepared, tmp
         name: ds.materialize()
         for dd in data.values()
         for name, ds in dd.datasets().items()
-        if "val" not in name
     }
     steps = StepBatches(
         ["toy", "other"], labeled_batch_size=2, unlabeled_batch_size=3, get_shard=shards.get, keep_ids=True
@@ -260,7 +260,7 @@ def test_worker_transforms_mode_yields_encoded_rows_and_seeded_batches(ray_sessi
     """transforms_on="worker": the train sets are encoded rows (repeated) in the object store (RowBlocks);
     StepBatches decodes and augments them with train_transforms, whose stream is fixed by its seed."""
     dd = _build(prepared, min_rows=5, match_unlabeled=True, cache_encoded=True, transforms_on="worker")
-    assert set(dd.datasets()) == {"toy.val"} and set(dd.row_blocks()) == {"toy.labeled", "toy.unlabeled"}
+    assert not dd.datasets() and set(dd.row_blocks()) == {"toy.labeled", "toy.unlabeled"}
     rows = dd.labeled.take(range(dd.labeled.num_rows))
     assert set(rows) == {"id", "image", "label"} and isinstance(rows["image"][0], bytes)
     assert sorted(rows["id"]) == sorted(dd.labeled_ids * 5)  # repeated, like the ray_data mode

@@ -196,7 +196,8 @@ def _eval_loop(config: dict) -> None:
             out.loss.backward()
             replica.optimizer.step()
     model.eval()
-    metrics = _evaluate(model, cfg, domains, torch.device("cpu"), None, False, rank, world, 3, None)
+    metrics = _evaluate(model, cfg, domains, torch.device("cpu"), None, False, rank, world, 3, None,
+                        val_rows=config["val_rows"])
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "metrics.json").write_text(json.dumps(metrics))
         torch.save(unwrap(model).state_dict(), Path(tmp) / "weights.pt")
@@ -216,7 +217,6 @@ def test_evaluation_with_two_workers_equals_one(ray_local, e2e_root, tmp_path, s
     from ray import cloudpickle
     from ray.train.torch import TorchTrainer
 
-    from raymh.data.sets import dataset_name
     from raymh.train.driver import build_domain_data
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the tests package
@@ -233,10 +233,9 @@ def test_evaluation_with_two_workers_equals_one(ray_local, e2e_root, tmp_path, s
         trainer = TorchTrainer(
             _eval_loop,
             train_loop_config={"experiment": cfg.model_dump(mode="json"), "domains": domains,
-                               "weights": str(weights) if weights else None},  # fmt: skip
+                               "weights": str(weights) if weights else None,
+                               "val_rows": {n: dd.val for n, dd in data.items()}},  # fmt: skip
             scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
-            datasets={dataset_name(n, "val"): dd.val for n, dd in data.items()},
-            dataset_config=ray.train.DataConfig(datasets_to_split=[]),
             run_config=ray.train.RunConfig(name=f"eval{workers}-{sync_bn}", storage_path=str(tmp_path)),
         )
         with trainer.fit().checkpoint.as_directory() as d:

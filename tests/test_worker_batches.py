@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +18,7 @@ from PIL import Image
 from raymh.data import batch_transforms
 from raymh.data.row_blocks import RowBlocks
 from raymh.data.sets import shard_of
+from raymh.data.val_rows import ValRows
 from raymh.data.worker_batches import StepBatches, step_images, train_shards, val_batches
 
 CROP = (16, 16)
@@ -173,8 +175,23 @@ def test_row_shard_smaller_than_a_batch_is_a_clear_error():
 
 
 # -------------------------------------------------------------------------- item: val sharded before decoding
-def test_val_rows_are_filtered_by_rank_before_decoding(monkeypatch):
+def _val_files(rows: list[dict], folder) -> ValRows:
+    """The rows as a prepared val split: two Parquet files of small row groups."""
+    import pyarrow.parquet as pq
+
+    half = len(rows) // 2
+    files = []
+    for k, part in enumerate((rows[:half], rows[half:])):
+        path = folder / f"val-{k}.parquet"
+        pq.write_table(pa.Table.from_pylist(part), path, row_group_size=3)
+        files.append(path)
+    return ValRows.from_files("toy", files)
+
+
+def test_val_rows_are_filtered_by_rank_before_decoding(monkeypatch, tmp_path):
     rows = _encoded_rows(20, prefix="val", size=(12, 20))
+    val = _val_files(rows, tmp_path)
+    assert val.num_rows == 20
     decoded: list[str] = []
     real = batch_transforms._decode_pair
 
@@ -186,10 +203,8 @@ def test_val_rows_are_filtered_by_rank_before_decoding(monkeypatch):
     seen: dict[int, list[str]] = {}
     for rank in range(2):
         decoded.clear()
-        shard = CountingShard(rows)
         seen[rank] = []
-        for batch in val_batches("toy", rank=rank, world_size=2, batch_size=3, get_shard={"toy.val": shard}.get,
-                                 read_rows=4):  # fmt: skip
+        for batch in val_batches(val, rank=rank, world_size=2, batch_size=3, read_rows=4):
             n = len(batch["id"])
             assert n <= 3 and tuple(batch["image"].shape) == (n, 3, 12, 20) and str(batch["label"].dtype) == "torch.int64"
             seen[rank].extend(batch["id"])
@@ -198,6 +213,30 @@ def test_val_rows_are_filtered_by_rank_before_decoding(monkeypatch):
         assert 0 < len(own) < len(rows)
     assert sorted(seen[0] + seen[1]) == [r["id"] for r in rows]
 
-    (resized,) = list(val_batches("toy", rank=0, world_size=1, batch_size=32, size=(8, 16),
-                                  get_shard={"toy.val": CountingShard(rows)}.get))  # fmt: skip
+    (resized,) = list(val_batches(val, rank=0, world_size=1, batch_size=32, size=(8, 16)))
     assert tuple(resized["image"].shape) == (20, 3, 8, 16) and tuple(resized["label"].shape) == (20, 8, 16)
+
+
+def test_val_rows_read_at_most_read_rows_encoded_rows_at_a_time(tmp_path, monkeypatch):
+    """Memory is bounded by the read size, whatever the split's size: every read hands over <= read_rows rows."""
+    import pyarrow.parquet as pq
+
+    val = _val_files(_encoded_rows(20, prefix="val", size=(12, 20)), tmp_path)
+    sizes: list[int] = []
+    real = pq.ParquetFile.iter_batches
+
+    def recording(self, *args, **kwargs):
+        for batch in real(self, *args, **kwargs):
+            sizes.append(batch.num_rows)
+            yield batch
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", recording)
+    assert sum(len(b["id"]) for b in val.iter_encoded(rank=0, world_size=1, read_rows=4)) == 20
+    assert sizes and max(sizes) <= 4 and sum(sizes) == 20
+
+
+def test_val_rows_name_a_missing_file(tmp_path):
+    val = _val_files(_encoded_rows(4, prefix="val", size=(12, 20)), tmp_path)
+    Path(val.files[0]).unlink()
+    with pytest.raises(FileNotFoundError, match="toy: cannot read val file .*val-0.parquet"):
+        list(val.iter_encoded(rank=0, world_size=1))

@@ -1,13 +1,13 @@
-"""Driver side: each domain's labeled / unlabeled / val Ray Datasets, built from its prepared Parquet shards.
+"""Driver side: each domain's labeled / unlabeled train sets and its val files, built from its prepared Parquet shards.
 
 Runs in the driver process (`raymh train`, `raymh eval`, the benchmarks), before the TorchTrainer starts.
 Each domain's sets are read from the prepared Parquet shards; train batches are decoded and augmented in
 `map_batches` CPU tasks and split across Ray Train workers by `DataConfig(datasets_to_split=...)`, i.e.
 `streaming_split(world_size, equal=True)`; or, with `data.transforms_on: worker`, the train sets are the
 encoded rows put in the object store (`raymh.data.row_blocks.RowBlocks`), which every worker reads in a
-seeded per-epoch order and decodes and augments itself. Val sets are lazy reads of the encoded rows, never
-split by Ray nor materialized: each rank decodes only the rows whose id hashes to it
-(`raymh.data.worker_batches.val_batches`).
+seeded per-epoch order and decodes and augments itself. Val sets are not Ray Datasets: each evaluating rank
+reads the val split's Parquet files itself and decodes only the rows whose id hashes to it
+(`raymh.data.val_rows.ValRows`, `raymh.data.worker_batches.val_batches`).
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ import pyarrow.parquet as pq
 from raymh.data import splits
 from raymh.data.batch_transforms import check_crop, labeled_batch, unlabeled_batch
 from raymh.data.row_blocks import RowBlocks, put_rows
-from raymh.data.sets import PARTS, dataset_name
+from raymh.data.sets import dataset_name
+from raymh.data.val_rows import ValRows
 from raymh.errors import InputError
 
 logger = logging.getLogger(__name__)
-VAL_BLOCK_BYTES = 8 * 1024**2  # val read blocks: a few encoded full-size images each
+TRAIN_PARTS = ("labeled", "unlabeled")
 
 
 @dataclass
@@ -46,16 +47,16 @@ class DomainData:
     unlabeled_ids: list[str]
     labeled: Any  # ray.data.Dataset or RowBlocks
     unlabeled: Any
-    val: Any  # ray.data.Dataset of encoded rows (id, image, label)
+    val: ValRows  # read by each evaluating rank itself, never through Ray
     val_ids: list[str] = field(default_factory=list)
 
     def datasets(self) -> dict[str, Any]:
         """{dataset_name(domain, part): Ray Dataset} for TorchTrainer(datasets=...) (RowBlocks left out)."""
-        return {dataset_name(self.name, p): s for p in PARTS if not isinstance(s := getattr(self, p), RowBlocks)}
+        return {dataset_name(self.name, p): s for p in TRAIN_PARTS if not isinstance(s := getattr(self, p), RowBlocks)}
 
     def row_blocks(self) -> dict[str, RowBlocks]:
         """{dataset_name(domain, part): RowBlocks}: the sets the workers read from the object store."""
-        return {dataset_name(self.name, p): s for p in PARTS if isinstance(s := getattr(self, p), RowBlocks)}
+        return {dataset_name(self.name, p): s for p in TRAIN_PARTS if isinstance(s := getattr(self, p), RowBlocks)}
 
 
 def _select_rows(table: pa.Table, *, ids: list[str]) -> pa.Table:
@@ -166,7 +167,7 @@ def build_domain_data(
     cache_encoded: bool = True,
     transforms_on: str = "ray_data",
 ) -> DomainData:
-    """One domain's labeled / unlabeled / val Ray Datasets from a prepared dir (docs/data.md).
+    """One domain's labeled / unlabeled train sets and val files from a prepared dir (docs/data.md).
 
     min_rows: the smallest row count of a train set (pass batch_size * num_workers); smaller sets repeat
     their rows so every worker's shard yields at least one full batch. match_unlabeled: also repeat the
@@ -181,8 +182,8 @@ def build_domain_data(
     "worker" (train sets are RowBlocks of encoded rows when cached; the train worker decodes and augments
     them with `batch_transforms.train_transforms`: no Ray Data tasks while training, the fastest choice on
     a few cores).
-    The val set is a lazy read of the encoded val rows (id, image, label): nothing is decoded here nor
-    materialized; `val_batches` streams it and decodes a rank's own rows only.
+    The val set is `ValRows`, the val split's Parquet files: nothing is read, decoded or put in the
+    object store here; each evaluating rank streams the files and decodes its own rows only (`val_batches`).
     """
     import ray.data
 
@@ -234,10 +235,7 @@ def build_domain_data(
         fn_kwargs={"crop_size": crop_u, "scale_range": tuple(unlabeled_scale_range)},
         what=f"{domain}.unlabeled", min_rows=min_rows, **common,
     )  # fmt: skip
-    # One read task at a time, in blocks of VAL_BLOCK_BYTES: the read runs ahead of the evaluation that
-    # consumes it; measured (benchmarks/bench_eval.py) this halves the object store's peak.
-    val_ds = ray.data.read_parquet(val_files, concurrency=1).select_columns(["id", "image", "label"])
-    val_ds.context.target_max_block_size = VAL_BLOCK_BYTES
+    val = ValRows.from_files(domain, val_files)
     return DomainData(
         name=domain,
         manifest=manifest,
@@ -246,7 +244,7 @@ def build_domain_data(
         unlabeled_ids=unlabeled,
         labeled=labeled_ds,
         unlabeled=unlabeled_ds,
-        val=val_ds,
+        val=val,
         val_ids=sorted(val_ids),
     )
 

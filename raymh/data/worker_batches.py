@@ -4,9 +4,10 @@ Runs inside each Ray Train worker, on the shards `ray.train.get_dataset_shard` h
 driver built (`raymh.data.driver_datasets`), or, for `data.transforms_on: worker`, on its share of the
 encoded rows the driver put in the object store (`raymh.data.row_blocks`, through `train_shards`). Every
 worker cycles its shard of every domain, so every step sees one labeled batch per domain, and one unlabeled
-batch per domain on the steps that forward them (DCLoss on). Validation is not split by Ray: every rank
-streams the encoded val rows, keeps the ids that hash to it and decodes only those. (`raymh eval` reads
-val sets through `val_batches` on the driver, as a world of one.)
+batch per domain on the steps that forward them (DCLoss on). Validation does not go through Ray: every
+rank streams the val split's Parquet files (`raymh.data.val_rows.ValRows`), keeps the ids that hash to it
+and decodes only those. (`raymh eval` reads val sets through `val_batches` on the driver, as a world of
+one.)
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 
 from raymh.data.batch_transforms import val_batch
 from raymh.data.row_blocks import RowBlocks
-from raymh.data.sets import dataset_name, shard_of
+from raymh.data.sets import dataset_name
+from raymh.data.val_rows import ValRows
 
 
 def _default_get_shard() -> Callable[[str], Any]:
@@ -308,31 +310,25 @@ def _rows(batch: dict[str, Any]) -> Iterator[tuple[str, np.ndarray, np.ndarray]]
 
 
 def val_batches(
-    domain: str,
+    rows: ValRows,
     *,
     rank: int,
     world_size: int,
     batch_size: int = 1,
-    get_shard: Callable[[str], Any] | None = None,
     device: Any = "cpu",
     size: Sequence[int] | None = None,
     read_rows: int = 16,
 ) -> Iterator[dict[str, Any]]:
     """This rank's val batches: rows whose shard_of(id) == rank (disjoint and covering over ranks, no padding).
 
-    The val set holds encoded rows (`build_domain_data`); they stream through read_rows at a time, and only
-    this rank's rows are decoded (here, resized to `size` (H, W) when given), so a rank holds at most one read
-    batch of encoded rows and one batch of decoded ones, whatever the val set's size. Yields
+    The rows stream from the val split's Parquet files (`ValRows`), read_rows at a time, and only this rank's
+    rows are decoded (here, resized to `size` (H, W) when given), so a rank holds at most one read batch of
+    encoded rows and one batch of decoded ones, whatever the val set's size. Yields
     {"id": list[str], "image": (B,3,H,W) uint8, "label": (B,H,W) int64}; a batch holds consecutive
     same-size rows, up to batch_size (the last one may be smaller).
     """
     import torch
 
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-    shard = (get_shard or _default_get_shard())(dataset_name(domain, "val"))
-    if shard is None:
-        raise KeyError(f"no dataset {dataset_name(domain, 'val')!r} was passed to the trainer")
     pending: list[tuple[str, np.ndarray, np.ndarray]] = []
 
     def flush() -> dict[str, Any]:
@@ -344,11 +340,7 @@ def val_batches(
             "label": torch.from_numpy(np.stack(labels)).long().to(device),
         }
 
-    for batch in _iter_numpy(shard, batch_size=max(read_rows, 1), drop_last=False, prefetch_batches=1):
-        mine = [i for i, sid in enumerate(batch["id"]) if shard_of(str(sid), world_size=world_size) == rank]
-        if not mine:
-            continue
-        encoded = {k: [batch[k][i] for i in mine] for k in ("id", "image", "label")}
+    for encoded in rows.iter_encoded(rank=rank, world_size=world_size, read_rows=read_rows):
         for row in _rows(val_batch(encoded, size=None if size is None else tuple(size))):
             if pending and (row[1].shape != pending[0][1].shape or len(pending) == batch_size):
                 yield flush()

@@ -164,6 +164,7 @@ def build_trainer(
             for name, dd in domain_data.items()
         },
         "row_blocks": row_blocks,
+        "val_rows": {name: dd.val for name, dd in domain_data.items()},
         "mlflow": mlflow,
         "stop_flag": stop_flag,
         "run_dir": str(run_dir) if run_dir else f"{storage_root(cfg)}/{run_name}",
@@ -415,7 +416,6 @@ def evaluate_checkpoint(
     """`raymh eval`: load a checkpoint (or a run's best one) and evaluate every domain's val split."""
     import torch
 
-    from raymh.data.sets import dataset_name
     from raymh.data.worker_batches import val_batches
     from raymh.model import normalize_uint8
     from raymh.train.checkpoint import CONFIG_FILE, model_from_checkpoint, read_state
@@ -429,8 +429,7 @@ def evaluate_checkpoint(
     init_ray(cfg, address, train=False)
     data = build_domain_data(cfg)
     model = model_from_checkpoint(ckpt, cfg.model, {n: dd.num_classes for n, dd in data.items()}, state=state)
-    sets = {dataset_name(n, "val"): dd.val for n, dd in data.items()}
-    val = {n: val_batches(n, rank=0, world_size=1, get_shard=sets.__getitem__, size=cfg.data.val_size) for n in data}
+    val = {n: val_batches(dd.val, rank=0, world_size=1, size=cfg.data.val_size) for n, dd in data.items()}
     torch.set_num_threads(cfg.scaling.cpus_per_worker)
     # the training loop's evaluation precision (bf16 + channels_last where native under `auto`)
     autocast_dtype, channels_last = precision_settings(cfg, torch.device("cpu"))

@@ -244,7 +244,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         saved = False
         if done % cfg.train.eval_every == 0 or done == cfg.train.iters:
-            metrics = _evaluate(model, cfg, domains, device, autocast_dtype, channels_last, rank, world, done, tracked)
+            metrics = _evaluate(model, cfg, domains, device, autocast_dtype, channels_last, rank, world, done, tracked,
+                                val_rows=config["val_rows"])
             best = max(best, metrics["val/miou_mean"])
             metrics.update({"step": done, "best/miou_mean": best, "checkpoint/kind": "eval"})
             _report(metrics, model, optimizer, scheduler, done, best, cfg, rank, config)
@@ -260,7 +261,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             return
 
 
-def _evaluate(model, cfg, domains, device, autocast_dtype, channels_last, rank, world, step, tracked) -> dict:
+def _evaluate(model, cfg, domains, device, autocast_dtype, channels_last, rank, world, step, tracked, *, val_rows) -> dict:
     sync_buffers(model, world)  # every rank scores its val share with the model the checkpoint holds
     panels: dict[str, list] = {d: [] for d in domains}  # (id, image, label, pred) of this rank's first val rows
 
@@ -271,7 +272,7 @@ def _evaluate(model, cfg, domains, device, autocast_dtype, channels_last, rank, 
             img = batch["image"][i].permute(1, 2, 0).cpu().numpy()
             panels[domain].append((batch["id"][i], img, batch["label"][i].cpu().numpy(), pred[i].cpu().numpy()))
 
-    val = {d: val_batches(d, rank=rank, world_size=world, size=cfg.data.val_size) for d in domains}
+    val = {d: val_batches(val_rows[d], rank=rank, world_size=world, size=cfg.data.val_size) for d in domains}
     cms = evaluate_domains(
         unwrap(model), val, {d: i["num_classes"] for d, i in domains.items()},
         normalize=normalize_uint8, device=device, mode=cfg.train.eval_mode,
