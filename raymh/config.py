@@ -47,6 +47,22 @@ class DomainConfig(_Section):
         None, gt=0, le=1, description="labeled share of train for this domain (default: data.labeled_fraction)"
     )
     split_file: str | None = Field(None, description="file listing the labeled ids (UniMatch/CAC style)")
+    placement: dict[str, str] | None = Field(
+        None,
+        description="Ray node-label selector saying where this domain's data may be read, decoded and trained on "
+        "(e.g. {raymh.io/site: eu-1}; values as Ray's: v, !v, in(a,b), !in(a,b)); used by scaling.placement: by_domain",
+    )
+
+    @field_validator("placement")
+    @classmethod
+    def _selector(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is not None and not v:
+            raise ValueError("placement must name at least one node label (e.g. {raymh.io/site: eu-1}), or be left out")
+        from raymh.train.placement import check_selector
+
+        if v is not None:
+            check_selector(v)
+        return v
 
     @field_validator("name")
     @classmethod
@@ -171,6 +187,14 @@ class ScalingConfig(_Section):
     gpus_per_worker: float = Field(1.0, gt=0, description="GPUs per worker when use_gpu")
     cpus_per_worker: int = Field(2, ge=1, description="CPUs per worker; torch threads match it")
     data_cpus: float | None = Field(None, gt=0, description="CPUs per Ray Data decode/augment task (None: 1)")
+    placement: Literal["none", "by_domain"] = Field(
+        "none",
+        description="by_domain: each worker serves one domain on nodes matching that domain's `placement` "
+        "selector, where its data is also read and decoded (docs/placement.md); none: every worker reads every domain",
+    )
+    workers_per_domain: int = Field(
+        1, ge=1, description="workers per domain under placement: by_domain (train workers = domains x this)"
+    )
 
 
 class TrackingConfig(_Section):
@@ -207,6 +231,38 @@ class ExperimentConfig(_Section):
         if dupes:
             raise ValueError(f"domain names must be unique; repeated: {dupes}")
         return v
+
+    @model_validator(mode="after")
+    def _placement_complete(self) -> ExperimentConfig:
+        placed = [i for i, d in enumerate(self.domains) if d.placement is not None]
+        s = self.scaling
+        if s.placement == "by_domain":
+            missing = [f"domains[{i}] ({d.name})" for i, d in enumerate(self.domains) if d.placement is None]
+            if missing:
+                raise ValueError(
+                    f"scaling.placement is by_domain but {', '.join(missing)} has no `placement` selector; give "
+                    "every domain one (e.g. placement: {raymh.io/site: eu-1})"
+                )
+            if s.num_workers not in (1, self.train_workers):
+                raise ValueError(
+                    f"scaling.num_workers={s.num_workers} under placement by_domain: the workers are "
+                    f"{len(self.domains)} domains x scaling.workers_per_domain={s.workers_per_domain} = "
+                    f"{self.train_workers}; set scaling.workers_per_domain instead (and leave num_workers at 1)"
+                )
+        elif placed:
+            raise ValueError(
+                f"domains[{placed[0]}] ({self.domains[placed[0]].name}) has a `placement` selector but "
+                "scaling.placement is 'none', so it would not be honoured: set scaling.placement=by_domain, "
+                "or drop the selector"
+            )
+        return self
+
+    @property
+    def train_workers(self) -> int:
+        """Ray Train workers (DDP ranks): domains x workers_per_domain under placement by_domain, else num_workers."""
+        if self.scaling.placement == "by_domain":
+            return len(self.domains) * self.scaling.workers_per_domain
+        return self.scaling.num_workers
 
     def labeled_fraction(self, domain: DomainConfig) -> float:
         """The labeled share of one domain: its own setting, else data.labeled_fraction."""
