@@ -6,6 +6,7 @@ domain), each head on its own slice, one backward by the caller.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ from raymh.losses.diagnostics import pseudo_label_accuracy
 from raymh.losses.world import LOCAL, World
 from raymh.model import normalize_uint8
 from raymh.model.precision import at_least_fp32
+from raymh.train.checkpoint import unwrap
 
 
 @dataclass
@@ -59,6 +61,7 @@ def mix_loss_step(
     channels_last: bool = False,
     diagnostics: bool = False,
     world: World = LOCAL,
+    domain_worlds: Mapping[str, World] | None = None,
 ) -> StepOutput:
     """Forward every domain's labeled batch and crop pair, and return the Mix Loss with its parts.
 
@@ -66,7 +69,11 @@ def mix_loss_step(
     worker asks for it on logging steps only; measured on this rank's slice).
     world: the ranks holding the other slices of the step's batch. Every term is normalised over all of
     them (labeled pixels, masked anchors; negatives gathered when loss.gather_negatives), so W ranks with
-    b images per domain compute the loss and, after DDP's average, the gradient of one worker with W*b."""
+    b images per domain compute the loss and, after DDP's average, the gradient of one worker with W*b.
+    domain_worlds: {domain: the ranks holding that domain's slices} when they are not all of `world`
+    (placement by domain: a rank holds one domain's batch, `batches` has only that domain). A domain's
+    labeled pixels, masked anchors and negatives are then summed over its own ranks; the parts and the
+    backward scale stay over `world`, where ranks without a domain add 0 to its terms."""
     lam = dc_weight_at(step, cfg.loss)
     use_dc = lam > 0
     dev = torch.device(device)
@@ -81,14 +88,14 @@ def mix_loss_step(
         outputs = model(inputs, joint=cfg.train.forward == "joint")
 
     labels = {d: batches[d]["labeled"]["label"].to(dev, non_blocking=True) for d in outputs}
-    pixels = None  # labeled pixels per domain over all ranks, the CE's divisor
-    if world.size > 1:
-        pixels = world.sum(torch.stack([(labels[d] != 255).sum() for d in outputs]).float()).tolist()
+    worlds = dict(domain_worlds) if domain_worlds is not None else {d: world for d in outputs}
+    # labeled pixels per domain over the domain's ranks, the CE's divisor (None: this rank's batch is all)
+    pixels = _global_sums({d: (labels[d] != 255).sum().float() for d in outputs}, worlds)
     per_domain, stats = {}, {}
-    for i, (domain, out) in enumerate(outputs.items()):
+    for domain, out in outputs.items():
         n_lab, n_unl = sizes[domain]
         logits = at_least_fp32(out["logits"][:n_lab])
-        ce = cross_entropy(logits, labels[domain], normalizer=None if pixels is None else pixels[i])
+        ce = cross_entropy(logits, labels[domain], normalizer=pixels[domain])
         terms = {"ce": ce}
         if use_dc:
             u = batches[domain]["unlabeled"]
@@ -99,7 +106,7 @@ def mix_loss_step(
                 u["box1"].to(dev), u["box2"].to(dev), u["flip1"].to(dev), u["flip2"].to(dev),
                 temperature=cfg.loss.temperature, gamma=cfg.loss.gamma, chunk_size=cfg.loss.chunk_size,
                 valid1=u["valid1"].to(dev), valid2=u["valid2"].to(dev), diagnostics=diagnostics,
-                world=world, gather_negatives=cfg.loss.gather_negatives,
+                world=worlds[domain], gather_negatives=cfg.loss.gather_negatives,
             )  # fmt: skip
             terms["dc"] = dc["loss"]
             stats[f"passing/{domain}"] = dc["passing"]
@@ -109,11 +116,26 @@ def mix_loss_step(
 
     total, parts = mix_loss(per_domain, dc_weight=lam)
     if world.size > 1:  # the ranks' partial terms sum to the batch's terms
-        summed = world.sum(torch.tensor(list(parts.values()), dtype=torch.float64, device=dev)).tolist()
-        parts = dict(zip(parts, summed, strict=True))
+        terms = ("ce", "dc") if use_dc else ("ce",)
+        keys = [f"{t}/{d}" for d in unwrap(model).domains for t in terms] + ["loss"]  # the same on every rank
+        local = torch.tensor([parts.get(k, 0.0) for k in keys], dtype=torch.float64, device=dev)
+        parts = dict(zip(keys, world.sum(local).tolist(), strict=True))
         total = total * world.backward_scale
     parts["dc_weight"] = lam
     return StepOutput(loss=total, parts=parts, stats=stats)
+
+
+def _global_sums(counts: Mapping[str, torch.Tensor], worlds: Mapping[str, World]) -> dict[str, float | None]:
+    """Each domain's count summed over its world (None for a world of one), one all-reduce per world."""
+    out: dict[str, float | None] = {d: None for d in counts}
+    by_world: dict[int, list[str]] = {}
+    for d in counts:
+        if worlds[d].size > 1:
+            by_world.setdefault(id(worlds[d]), []).append(d)
+    for names in by_world.values():
+        summed = worlds[names[0]].sum(torch.stack([counts[d] for d in names])).tolist()
+        out.update(zip(names, summed, strict=True))
+    return out
 
 
 def _diagnostics(domain: str, dc: dict, unlabeled: dict, logits8: torch.Tensor, n_unl: int, gamma: float) -> dict:

@@ -32,6 +32,14 @@ from raymh.model.precision import native_bf16
 from raymh.model.sync_bn import convert_world_batchnorm, sync_bn_enabled
 from raymh.train import artifacts
 from raymh.train.checkpoint import inference_record, load_state, save_state, unwrap
+from raymh.train.domain_ranks import (
+    DomainRanks,
+    attach_groups,
+    buffer_sources,
+    everywhere,
+    serving,
+    sync_buffers,
+)
 from raymh.train.evaluate import evaluate_domains, miou_metrics
 from raymh.train.interrupt import WorkerStopCheck
 from raymh.train.optim import build_optimizer, poly_scheduler
@@ -88,14 +96,16 @@ class Replica:
 
 def setup_replica(
     cfg, domains: dict[str, dict], *, rank: int, world: int, channels_last: bool = False, checkpoint=None,
-    prepare=None,
+    prepare=None, domain_ranks: DomainRanks | None = None,
 ) -> Replica:
     """Build this rank's model (the same initial weights on every rank; BatchNorm over all ranks when
     model.sync_bn), wrap it for DDP (`prepare`, default Ray Train's prepare_model), restore a checkpoint,
     then seed this rank's own random streams (dropout, augmentation) for the step it starts at.
 
     The streams are seeded after everything else, in fresh and resumed runs alike: seeded before the
-    model, every rank would draw the same dropout masks for the whole run."""
+    model, every rank would draw the same dropout masks for the whole run.
+    domain_ranks: placement by domain (`raymh.train.domain_ranks.by_domain`): BatchNorm groups per head,
+    and no DDP buffer broadcast (rank 0's running statistics of other domains' heads are stale)."""
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = MultiHeadDeepLab(
         {d: info["num_classes"] for d, info in domains.items()},
@@ -105,14 +115,19 @@ def setup_replica(
         proj_dim=cfg.model.proj_dim,
         pretrained=cfg.model.pretrained,
     )
+    placed = domain_ranks is not None and domain_ranks.roles is not None
     if sync_bn_enabled(cfg.model.sync_bn, world):
         model = convert_world_batchnorm(model)
+        if placed:
+            attach_groups(model, domain_ranks)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if prepare is None:
         prepare = ray.train.torch.prepare_model
-    # Heads and the projection may sit out a step (DCLoss before dc_start_iter): DDP must allow it.
-    model = prepare(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+    # Heads and the projection may sit out a step (DCLoss before dc_start_iter; under placement, every other
+    # domain's head): DDP must allow it.
+    ddp = {"find_unused_parameters": True, **({"broadcast_buffers": False} if placed else {})}
+    model = prepare(model, parallel_strategy_kwargs=ddp)
     optimizer = build_optimizer(unwrap(model), cfg.optim)
     scheduler = poly_scheduler(optimizer, total_iters=cfg.train.iters, power=cfg.optim.poly_power)
     replica = Replica(model, optimizer, scheduler)
@@ -122,15 +137,6 @@ def setup_replica(
         replica.start, replica.best = restored["step"], restored["best_score"]
     seed_everything(stream_seed(cfg, rank, replica.start))  # per rank; fresh but reproducible after a resume
     return replica
-
-
-def sync_buffers(model: torch.nn.Module, world: int) -> None:
-    """Give every rank rank 0's buffers (BatchNorm running statistics): a no-op with model.sync_bn, where
-    they are equal already; without it each rank's would follow its own batches."""
-    if world < 2:
-        return
-    for buffer in unwrap(model).buffers():
-        dist.broadcast(buffer.data, src=0)
 
 
 def _any_rank(flag: bool, world: int) -> bool:
@@ -179,15 +185,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(cfg.scaling.cpus_per_worker)  # Ray sets OMP_NUM_THREADS=1 otherwise
     device = ray.train.torch.get_device()
     autocast_dtype, channels_last = precision_settings(cfg, device)
+    ranks = serving(cfg, list(domains), world, node_labels=ray.get_runtime_context().get_node_labels)
     replica = setup_replica(
-        cfg, domains, rank=rank, world=world, channels_last=channels_last, checkpoint=ray.train.get_checkpoint()
-    )
+        cfg, domains, rank=rank, world=world, channels_last=channels_last, checkpoint=ray.train.get_checkpoint(),
+        domain_ranks=ranks,
+    )  # fmt: skip
     model, optimizer, scheduler, start, best = (
         replica.model, replica.optimizer, replica.scheduler, replica.start, replica.best
     )
     if rank == 0 and start:
         say(f"resumed from checkpoint at step {start}/{cfg.train.iters}")
+    if ranks.roles is not None:
+        role = ranks.roles[rank]
+        say(f"rank {rank} on node {ray.get_runtime_context().get_node_id()[:8]} serves domain {role.domain} "
+            f"({role.index + 1}/{len(role.ranks)})")
     loss_world = World(world)
+    shard_rank, shard_world = ranks.shard(rank, world)
 
     tracked = None
     if rank == 0 and config.get("mlflow"):
@@ -196,13 +209,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     stop = WorkerStopCheck(config.get("stop_flag") if rank == 0 else None)
     batches = StepBatches(
-        list(domains),
+        ranks.served,
         labeled_batch_size=cfg.data.labeled_batch_size,
         unlabeled_batch_size=cfg.data.unlabeled_batch_size,
         device=device,
         transforms=worker_transforms(cfg, seed=stream_seed(cfg, rank, start)),
         get_shard=train_shards(
-            config.get("row_blocks"), seed=cfg.train.seed, rank=rank, world_size=world,
+            config.get("row_blocks"), seed=cfg.train.seed, rank=shard_rank, world_size=shard_world,
             consumed_batches={"labeled": start, "unlabeled": sum(dc_weight_at(s, cfg.loss) > 0 for s in range(start))},
         ),  # fmt: skip
     )
@@ -215,7 +228,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         logging_step = rank == 0 and ((step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.iters)
         out = mix_loss_step(
             model, batch, cfg, step=step, device=device, autocast_dtype=autocast_dtype,
-            channels_last=channels_last, diagnostics=logging_step, world=loss_world,
+            channels_last=channels_last, diagnostics=logging_step, world=loss_world, domain_worlds=ranks.worlds,
         )  # fmt: skip
         if not _all_ranks_finite(out.loss.detach().cpu(), world):
             bad = {k: v for k, v in out.parts.items() if not math.isfinite(v)}
@@ -245,24 +258,30 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         saved = False
         if done % cfg.train.eval_every == 0 or done == cfg.train.iters:
             metrics = _evaluate(model, cfg, domains, device, autocast_dtype, channels_last, rank, world, done, tracked,
-                                val_rows=config["val_rows"])
+                                val_rows=config["val_rows"], domain_ranks=ranks)
             best = max(best, metrics["val/miou_mean"])
             metrics.update({"step": done, "best/miou_mean": best, "checkpoint/kind": "eval"})
-            _report(metrics, model, optimizer, scheduler, done, best, cfg, rank, config)
+            _report(metrics, model, optimizer, scheduler, done, best, cfg, rank, config, ranks)
             saved = True
         elif done % cfg.train.checkpoint_every == 0:
-            _report(_step_metrics(done, best, "step"), model, optimizer, scheduler, done, best, cfg, rank, config)
+            _report(_step_metrics(done, best, "step"), model, optimizer, scheduler, done, best, cfg, rank, config, ranks)
             saved = True
         if done < cfg.train.iters and _any_rank(rank == 0 and stop.requested(), world):
             if not saved:
-                _report(_step_metrics(done, best, "interrupt"), model, optimizer, scheduler, done, best, cfg, rank, config)
+                _report(_step_metrics(done, best, "interrupt"), model, optimizer, scheduler, done, best, cfg, rank, config, ranks)
             if rank == 0:
                 say(f"stopped at step {done}/{cfg.train.iters} on request; checkpoint saved at step {done}")
             return
 
 
-def _evaluate(model, cfg, domains, device, autocast_dtype, channels_last, rank, world, step, tracked, *, val_rows) -> dict:
-    sync_buffers(model, world)  # every rank scores its val share with the model the checkpoint holds
+def _evaluate(
+    model, cfg, domains, device, autocast_dtype, channels_last, rank, world, step, tracked, *, val_rows,
+    domain_ranks: DomainRanks | None = None,
+) -> dict:
+    """Every rank scores its share of the val rows; under placement, of its own domain's only (another
+    domain's val images are never read off its site), and panels are drawn from rank 0's domains only."""
+    ranks = domain_ranks or everywhere(list(domains))
+    sync_buffers(model, world, buffer_sources(ranks))  # every rank scores with the model the checkpoint holds
     panels: dict[str, list] = {d: [] for d in domains}  # (id, image, label, pred) of this rank's first val rows
 
     def keep_panel(domain, batch, pred):
@@ -272,7 +291,11 @@ def _evaluate(model, cfg, domains, device, autocast_dtype, channels_last, rank, 
             img = batch["image"][i].permute(1, 2, 0).cpu().numpy()
             panels[domain].append((batch["id"][i], img, batch["label"][i].cpu().numpy(), pred[i].cpu().numpy()))
 
-    val = {d: val_batches(val_rows[d], rank=rank, world_size=world, size=cfg.data.val_size) for d in domains}
+    shares = {d: ranks.val_share(d, rank, world) for d in domains}
+    val = {
+        d: val_batches(val_rows[d], rank=share[0], world_size=share[1], size=cfg.data.val_size) if share else iter(())
+        for d, share in shares.items()
+    }  # a domain this rank does not serve: no rows, a zero confusion matrix in the sum
     cms = evaluate_domains(
         unwrap(model), val, {d: i["num_classes"] for d, i in domains.items()},
         normalize=normalize_uint8, device=device, mode=cfg.train.eval_mode,
@@ -280,7 +303,7 @@ def _evaluate(model, cfg, domains, device, autocast_dtype, channels_last, rank, 
         channels_last=channels_last, on_batch=keep_panel,
     )  # fmt: skip
     metrics = miou_metrics(cms, {d: i["classes"] for d, i in domains.items()})
-    if world > 1 and cfg.train.panels:  # a rank may hold no val row of a domain: rank 0 draws from all ranks'
+    if world > 1 and cfg.train.panels and ranks.roles is None:  # rank 0 may hold no val row of a domain: all ranks'
         gathered: list = [None] * world
         dist.all_gather_object(gathered, panels)
         panels = {
@@ -318,8 +341,11 @@ def _step_metrics(step: int, best: float, kind: str) -> dict:
     return {"step": step, "best/miou_mean": best, "checkpoint/kind": kind}
 
 
-def _report(metrics, model, optimizer, scheduler, step, best, cfg, rank, config) -> None:
-    """Every rank reports at the same steps; rank 0 attaches the checkpoint."""
+def _report(metrics, model, optimizer, scheduler, step, best, cfg, rank, config, ranks: DomainRanks) -> None:
+    """Every rank reports at the same steps; rank 0 attaches the checkpoint (under placement, with every
+    head's BatchNorm statistics from a rank of its domain)."""
+    if ranks.roles is not None:
+        sync_buffers(model, dist.get_world_size(), buffer_sources(ranks))
     clean = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
     reported = {"val/miou_mean": UNSCORED, **clean}  # Ray ranks checkpoints by it
     with tempfile.TemporaryDirectory() as tmp:
