@@ -249,6 +249,11 @@ class ExperimentConfig(_Section):
                     f"{len(self.domains)} domains x scaling.workers_per_domain={s.workers_per_domain} = "
                     f"{self.train_workers}; set scaling.workers_per_domain instead (and leave num_workers at 1)"
                 )
+            if s.workers_per_domain > 1 and self.data.transforms_on == "ray_data":
+                raise ValueError(
+                    f"scaling.workers_per_domain={s.workers_per_domain} needs data.transforms_on=worker (each "
+                    "worker of a domain reads its share of the rows; Ray Data sets are not split within a domain)"
+                )
         elif placed:
             raise ValueError(
                 f"domains[{placed[0]}] ({self.domains[placed[0]].name}) has a `placement` selector but "

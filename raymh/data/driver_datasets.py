@@ -12,7 +12,6 @@ reads the val split's Parquet files itself and decodes only the rows whose id ha
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -21,10 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from raymh.data import splits
+from raymh.data import site_reads, splits
 from raymh.data.batch_transforms import check_crop, labeled_batch, unlabeled_batch
 from raymh.data.row_blocks import RowBlocks, put_rows
 from raymh.data.sets import dataset_name
@@ -59,55 +56,36 @@ class DomainData:
         return {dataset_name(self.name, p): s for p in TRAIN_PARTS if isinstance(s := getattr(self, p), RowBlocks)}
 
 
-def _select_rows(table: pa.Table, *, ids: list[str]) -> pa.Table:
-    """Keep the rows whose id is in ids."""
-    return table.filter(pc.is_in(table["id"], value_set=pa.array(ids, type=pa.string())))
-
-
 def _repeat_rows(table: pa.Table, *, repeat: int) -> pa.Table:
     """Every row `repeat` times (small sets fill every shard; UniMatch repeats its labeled list)."""
     return pa.concat_tables([table] * repeat)
 
 
 # ------------------------------------------------------------------------------------------------ building
-def _parquet_files(prepared: Path, split: str) -> list[str]:
-    files = sorted(str(p) for p in (prepared / split).glob("part-*.parquet"))
-    if not files:
-        raise FileNotFoundError(
-            f"no Parquet shards {prepared / split / 'part-*.parquet'}; run `raymh data prepare` for this domain"
-        )
-    return files
-
-
-def _read_manifest(prepared: Path) -> dict[str, Any]:
-    path = prepared / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no manifest {path}; is {prepared} a `raymh data prepare` output dir?")
-    manifest = json.loads(path.read_text())
-    if "num_classes" not in manifest:
-        raise InputError(f"manifest {path} has no 'num_classes'; re-run `raymh data prepare`")
-    return manifest
-
-
-def _scan_ids(files: list[str]) -> tuple[list[str], list[str]]:
-    """(all ids, ids with a label) of a split, reading only the id and label columns."""
-    table = pq.read_table(files, columns=["id", "label"])
-    ids = table["id"].to_pylist()
-    has_label = pc.is_valid(table["label"]).to_pylist()
-    return ids, [i for i, ok in zip(ids, has_label, strict=True) if ok]
-
-
-def _cached_rows(files: list[str], ids: list[str], *, columns: list[str], repeat: int, name: str, shuffle: bool):
+def _cached_rows(
+    files: list[str], ids: list[str], *, columns: list[str], repeat: int, name: str, shuffle: bool, site=None
+):
     """The rows of `ids` from the Parquet files, put in the object store one file at a time, as RowBlocks
     (repeating costs no memory). No Ray Data execution: a few Parquet reads here instead of a
-    read/filter/materialize run per set (seconds each on 2 cores)."""
-    tables = [_select_rows(pq.read_table(path, columns=columns), ids=ids) for path in files]
-    return put_rows(name, tables, repeat=repeat, shuffle=shuffle)
+    read/filter/materialize run per set (seconds each on 2 cores). site: a placed domain's label selector;
+    the rows are then read by a task on its nodes and stay in that node's object store (`site_reads`)."""
+    if site is None:
+        return put_rows(name, site_reads.read_tables(files, ids, columns)[:-1], repeat=repeat, shuffle=shuffle)
+    import ray
+
+    refs = site_reads.on_site(
+        site_reads.read_tables, site, files, ids, columns, domain=name.split(".")[0], num_returns=len(files) + 1
+    )
+    counts = ray.get(refs[-1])
+    kept = [(ref, n) for ref, n in zip(refs[:-1], counts, strict=True) if n]
+    if not kept:
+        raise ValueError(f"{name}: no rows to put")
+    return RowBlocks(name, [r for r, _ in kept], [n for _, n in kept], repeat=repeat, shuffle=shuffle)
 
 
 def _train_set(
     files, ids, *, columns, fn, fn_kwargs, min_rows, shuffle, map_batch_size, num_cpus, cache_encoded, what,
-    transforms_on="ray_data",
+    transforms_on="ray_data", site=None,
 ):
     """read -> keep ids (repeated up to min_rows) [-> cache] -> shuffle -> small blocks -> decode + augment.
 
@@ -124,11 +102,12 @@ def _train_set(
             "%s: %d rows repeated %d times to reach %d rows per epoch", what, len(ids), repeat, min_rows
         )
     if transforms_on == "worker" and cache_encoded:
-        return _cached_rows(files, ids, columns=columns, repeat=repeat, name=what, shuffle=shuffle)
-    ds = (
-        ray.data.read_parquet(files)
-        .select_columns(columns)
-        .map_batches(_select_rows, batch_format="pyarrow", batch_size=None, fn_kwargs={"ids": ids})
+        return _cached_rows(files, ids, columns=columns, repeat=repeat, name=what, shuffle=shuffle, site=site)
+    ds = ray.data.read_parquet(files)
+    if site is not None:  # every task of this Dataset (read, decode, shuffle) on the domain's nodes
+        ds.context.execution_options.label_selector = dict(site)
+    ds = ds.select_columns(columns).map_batches(
+        site_reads.select_rows, batch_format="pyarrow", batch_size=None, fn_kwargs={"ids": ids}
     )
     if transforms_on == "worker":
         if repeat > 1:
@@ -166,6 +145,7 @@ def build_domain_data(
     match_unlabeled: bool = True,
     cache_encoded: bool = True,
     transforms_on: str = "ray_data",
+    site: dict[str, str] | None = None,
 ) -> DomainData:
     """One domain's labeled / unlabeled train sets and val files from a prepared dir (docs/data.md).
 
@@ -184,13 +164,18 @@ def build_domain_data(
     a few cores).
     The val set is `ValRows`, the val split's Parquet files: nothing is read, decoded or put in the
     object store here; each evaluating rank streams the files and decodes its own rows only (`val_batches`).
+    site: the domain's node-label selector under placement by domain: every read of its files runs on its
+    nodes (`raymh.data.site_reads`; Ray Data tasks carry the selector), never in this process.
     """
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     prepared = Path(prepared_dir).expanduser()
-    manifest = _read_manifest(prepared)
-    train_files, val_files = _parquet_files(prepared, "train"), _parquet_files(prepared, "val")
+    if site is None:
+        found = site_reads.scan(str(prepared))
+    else:
+        found = site_reads.on_site(site_reads.scan, site, str(prepared), domain=domain)
+    manifest, train_files, val_files = found["manifest"], found["train_files"], found["val_files"]
     crop = check_crop(crop_size, "crop_size")
     crop_u = check_crop(unlabeled_crop_size or crop, "unlabeled_crop_size")
     if min_rows < 1:
@@ -198,8 +183,7 @@ def build_domain_data(
     if transforms_on not in ("ray_data", "worker"):
         raise ValueError(f"transforms_on must be 'ray_data' or 'worker', got {transforms_on!r}")
 
-    train_ids, with_label = _scan_ids(train_files)
-    val_ids, _ = _scan_ids(val_files)
+    train_ids, with_label, val_ids = found["train_ids"], found["with_label"], found["val_ids"]
     if not with_label:
         raise InputError(f"{prepared / 'train'}: no train row has a label; a labeled set needs some")
     if split_file is not None:
@@ -223,6 +207,7 @@ def build_domain_data(
         "map_batch_size": map_batch_size,
         "num_cpus": num_cpus_per_task,
         "transforms_on": transforms_on,
+        "site": site,
     }
     labeled_ds = _train_set(
         train_files, labeled, columns=["id", "image", "label"], fn=labeled_batch,
@@ -235,7 +220,7 @@ def build_domain_data(
         fn_kwargs={"crop_size": crop_u, "scale_range": tuple(unlabeled_scale_range)},
         what=f"{domain}.unlabeled", min_rows=min_rows, **common,
     )  # fmt: skip
-    val = ValRows.from_files(domain, val_files)
+    val = ValRows(domain, tuple(val_files), found["val_rows"])
     return DomainData(
         name=domain,
         manifest=manifest,
@@ -256,12 +241,13 @@ def write_split_lists(run_dir: str | Path, domain_data: DomainData) -> dict[str,
     )
 
 
-def ingest_options():
+def ingest_options(label_selector: dict[str, str] | None = None):
     """Ray Data's execution options for the sets handed to Ray Train (`DataConfig(execution_options=...)`).
 
     The same options Train's default (`DataConfig.default_ingest_options`, Ray 2.60) makes from the current
     `DataContext`, without passing the deprecated `exclude_resources` (zero unless set; raymh never sets
     it), whose use makes Ray warn in every run. Train 2.60 adds no exclusion of its own either way.
+    label_selector: a placed domain's, for every task of its sets (else the context's).
     """
     from ray.data import DataContext, ExecutionOptions
 
@@ -270,5 +256,5 @@ def ingest_options():
         resource_limits=current.resource_limits,
         preserve_order=current.preserve_order,
         verbose_progress=current.verbose_progress,
-        label_selector=current.label_selector,
+        label_selector=dict(label_selector) if label_selector else current.label_selector,
     )

@@ -131,7 +131,7 @@ def init_ray(
         return
     s = cfg.scaling
     # Logical CPUs: the workers' own plus room for Ray Data's decode/augment tasks (they share the cores).
-    num_cpus = num_cpus or max(os.cpu_count() or 1, s.num_workers * s.cpus_per_worker + 2)
+    num_cpus = num_cpus or max(os.cpu_count() or 1, cfg.train_workers * s.cpus_per_worker + 2)
     # address="local": never the recorded cluster. The dashboard also serves Ray's state API, which Train
     # V2's placement-group cleaner polls: without it the cleaner logs a warning every few seconds.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, runtime_env=env, log_to_driver=True)
@@ -163,7 +163,7 @@ def check_fits(cfg: ExperimentConfig, total: dict, nodes: list[dict], *, train: 
     s = cfg.scaling
     data = s.data_cpus or 1
     gpus = s.gpus_per_worker if s.use_gpu else 0.0
-    workers = s.num_workers if train else 0
+    workers = cfg.train_workers if train else 0
     if _fits(workers, s.cpus_per_worker, gpus, data, total, nodes):
         return
     cpu, gpu = float(total.get("CPU", 0)), float(total.get("GPU", 0))
@@ -208,6 +208,8 @@ def _fits(workers: int, cpus: int, gpus: float, data: float, total: dict, nodes:
 def _fitting_overrides(cfg: ExperimentConfig, total: dict, nodes: list[dict]) -> list[str] | None:
     """The fewest `scaling` changes that fit: most workers first (the recipe's global batch), then CPUs."""
     s = cfg.scaling
+    if s.placement == "by_domain":  # the worker count follows the domains; placement checks say the rest
+        return None
     data = s.data_cpus or 1
     use_gpu = s.use_gpu and float(total.get("GPU", 0)) >= s.gpus_per_worker
     gpus = s.gpus_per_worker if use_gpu else 0.0

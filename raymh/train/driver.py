@@ -103,7 +103,9 @@ def build_domain_data(cfg: ExperimentConfig) -> dict[str, Any]:
 
     prepared = prepared_dirs(cfg)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines drown raymh's own
-    min_rows = cfg.scaling.num_workers * max(cfg.data.labeled_batch_size, cfg.data.unlabeled_batch_size)
+    placed = cfg.scaling.placement == "by_domain"
+    readers = cfg.scaling.workers_per_domain if placed else cfg.train_workers  # ranks sharing a domain's sets
+    min_rows = readers * max(cfg.data.labeled_batch_size, cfg.data.unlabeled_batch_size)
 
     def build(d):
         return build_one(
@@ -118,6 +120,7 @@ def build_domain_data(cfg: ExperimentConfig) -> dict[str, Any]:
             min_rows=min_rows,
             num_cpus_per_task=cfg.scaling.data_cpus or 1,
             transforms_on=cfg.data.transforms_on,
+            site=d.placement if placed else None,  # placed: every read of its files on its own nodes
         )
 
     # Domains build side by side: each one waits on Ray Data executions (materializing val, and the train
@@ -142,6 +145,7 @@ def build_trainer(
 
     from raymh.data.driver_datasets import ingest_options
     from raymh.data.sets import dataset_name
+    from raymh.train.placement import worker_selectors
     from raymh.train.worker import train_loop_per_worker
 
     datasets, to_split, row_blocks = {}, [], {}
@@ -149,11 +153,17 @@ def build_trainer(
         datasets.update(dd.datasets())  # Ray Datasets; worker-mode train sets are RowBlocks, read by the workers
         row_blocks.update(dd.row_blocks())
         to_split += [n for n in (dataset_name(name, "labeled"), dataset_name(name, "unlabeled")) if n in datasets]
-    if cfg.scaling.num_workers == 1:
-        # One worker reads everything: no streaming_split, so no split-coordinator actor per dataset (six
-        # of them cost over a core here); the worker runs the Ray Data executors itself.
-        to_split = []
     s = cfg.scaling
+    placed = s.placement == "by_domain"
+    if cfg.train_workers == 1 or placed:
+        # One worker reads everything: no streaming_split, so no split-coordinator actor per dataset (six
+        # of them cost over a core here); the worker runs the Ray Data executors itself. Placed: a domain's
+        # sets are read by its own worker only (workers_per_domain 1 with Ray Data sets, see config).
+        to_split = []
+    sites = {d.name: d.placement for d in cfg.domains} if placed else {}
+    options = ingest_options()
+    if placed:  # each domain's Ray Data tasks (decode, augment, shuffle) on its own nodes
+        options = {n: ingest_options(label_selector=sites[n.rsplit(".", 1)[0]]) for n in datasets}
     resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
     run_dir = Path(storage_root(cfg)) / run_name if "://" not in storage_root(cfg) else None
     loop_config = {
@@ -173,10 +183,11 @@ def build_trainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources
-        ),
+            num_workers=cfg.train_workers, use_gpu=s.use_gpu, resources_per_worker=resources,
+            label_selector=worker_selectors(list(sites.items()), s.workers_per_domain) if placed else None,
+        ),  # placed: one label selector per worker, each domain's for its workers_per_domain workers
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=to_split, execution_options=ingest_options()),
+        dataset_config=ray.train.DataConfig(datasets_to_split=to_split, execution_options=options),
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=storage_root(cfg),
@@ -190,6 +201,22 @@ def build_trainer(
             callbacks=callbacks or None,
         ),
     )
+
+
+def check_placement(cfg: ExperimentConfig) -> None:
+    """Under placement by_domain: every domain's selector matches alive nodes with room for its workers (and
+    its Ray Data tasks), else a PlacementError naming the domain and listing every node's labels."""
+    if cfg.scaling.placement != "by_domain":
+        return
+    from raymh.train import placement
+
+    s = cfg.scaling
+    placement.check_placement(
+        [(d.name, d.placement) for d in cfg.domains], placement.live_nodes(),
+        workers_per_domain=s.workers_per_domain, cpus_per_worker=s.cpus_per_worker,
+        gpus_per_worker=s.gpus_per_worker if s.use_gpu else 0.0,
+        data_cpus=(s.data_cpus or 1) if cfg.data.transforms_on == "ray_data" else 0.0,
+    )  # fmt: skip
 
 
 def label_format(manifest: dict[str, Any]) -> str:
@@ -242,11 +269,13 @@ def fit(
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     say(f"[raymh] {'resuming' if resume else 'training'} {run_name}: domains {[d.name for d in cfg.domains]}, "
         f"{cfg.model.backbone} OS{cfg.model.output_stride}, {cfg.train.iters} steps, lambda {cfg.loss.dc_weight}, "
-        f"{cfg.scaling.num_workers} worker(s) x {cfg.scaling.cpus_per_worker} CPU{' + GPU' if cfg.scaling.use_gpu else ''}")
+        f"{cfg.train_workers} worker(s) x {cfg.scaling.cpus_per_worker} CPU{' + GPU' if cfg.scaling.use_gpu else ''}"
+        f"{' placed by domain' if cfg.scaling.placement == 'by_domain' else ''}")
     uri = record["tracking_uri"] if record else resolve_tracking_uri(cfg)  # a resumed run stays in its store
     if where := places.announce(storage_root(cfg), uri):
         say(where)
     init_ray(cfg, address)
+    check_placement(cfg)  # placed domains: nodes with their labels and room, before anything starts
     places.check_shared(storage_root(cfg), uri)  # on 2+ nodes: every node must see the records' paths
     domain_data = build_domain_data(cfg)
     files.mkdir(parents=True, exist_ok=True)
