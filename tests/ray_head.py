@@ -50,13 +50,20 @@ def _stop(proc: subprocess.Popen, grace_s: float = 90) -> None:
         proc.wait(timeout=10)
 
 
+def _labels_flag(labels: dict[str, str]) -> list[str]:
+    return [f"--labels={','.join(f'{k}={v}' for k, v in labels.items())}"] if labels else []
+
+
 class RayHead:
     """`ray start --head --block` in `<root>/ray` (root: a fresh /tmp/rmhXXXX), with the dashboard and Ray's
     token auth. `token_mode`: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN in `env` (the cluster README's recipe);
     else only a token file (RAY_AUTH_TOKEN_PATH, as `~/.ray/auth_token`), which the head and a `ray.init()`
     that finds a local cluster use by themselves. `cli_env` is what `ray` client commands need."""
 
-    def __init__(self, *, num_cpus: int = 4, token_mode: bool = True, env: dict[str, str] | None = None):
+    def __init__(
+        self, *, num_cpus: int = 4, token_mode: bool = True, env: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+    ):  # fmt: skip
         self.root = Path(tempfile.mkdtemp(prefix="rmh", dir="/tmp"))
         self.temp_dir = self.root / "ray"
         token = os.urandom(32).hex()
@@ -69,6 +76,7 @@ class RayHead:
         self.env = ray_env(**auth, **(env or {}))
         self.cli_env = {**self.env, "RAY_AUTH_MODE": "token"}
         self.num_cpus = num_cpus
+        self.labels = labels or {}
         self.workers: list[subprocess.Popen] = []
         self._launch()
 
@@ -81,7 +89,7 @@ class RayHead:
                 RAY, "start", "--head", "--block", f"--port={self.gcs_port}", f"--dashboard-port={self.dash_port}",
                 "--dashboard-host=127.0.0.1", f"--num-cpus={self.num_cpus}", "--include-dashboard=true",
                 f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-                f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
+                f"--temp-dir={self.temp_dir}", "--disable-usage-stats", *_labels_flag(self.labels),
             ],  # fmt: skip
             env=self.env,
             stdout=(self.root / "head.log").open("w"),
@@ -121,13 +129,15 @@ class RayHead:
             assert time.monotonic() < deadline, f"the Ray head did not come up in time: {self.log_tail()}"
             time.sleep(2)
 
-    def add_node(self, *, num_cpus: int = 1, wrap: list[str] | None = None) -> subprocess.Popen:
-        """A worker node (`ray start --address=... --block`), optionally run through `wrap` (e.g. `unshare -m
-        sh -c '... "$@"' sh`); waits until the head counts it alive."""
+    def add_node(
+        self, *, num_cpus: int = 1, wrap: list[str] | None = None, labels: dict[str, str] | None = None
+    ) -> subprocess.Popen:
+        """A worker node (`ray start --address=... --block [--labels=k=v,...]`), optionally run through `wrap`
+        (e.g. `unshare -m sh -c '... "$@"' sh`); waits until the head counts it alive."""
         temp_dir = self.root / f"node{len(self.workers) + 1}"  # its own: a worker node's record goes there too
         cmd = [RAY, "start", f"--address={self.gcs_address}", "--block", f"--num-cpus={num_cpus}",
                f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={free_port()}",
-               "--disable-usage-stats"]  # fmt: skip
+               "--disable-usage-stats", *_labels_flag(labels or {})]  # fmt: skip
         before = self.alive_nodes()
         node = subprocess.Popen(
             [*(wrap or []), *cmd],

@@ -80,7 +80,9 @@ def on_site(fn, selector: Mapping[str, str], *args, domain: str, num_returns: in
     A failure there is an InputError naming the domain and the node's error."""
     import ray
 
-    task = ray.remote(fn).options(label_selector=dict(selector), num_returns=num_returns, num_cpus=1)
+    task = ray.remote(fn).options(
+        label_selector=dict(selector), num_returns=num_returns, num_cpus=1, name=f"raymh-{fn.__name__}:{domain}"
+    )  # the name shows in Ray's state API (`ray list tasks`) with the node that ran it
     refs = task.remote(*args)
     if num_returns != 1:
         return refs

@@ -1,0 +1,95 @@
+"""Placement by domain on a real two-node Ray cluster (slow): two `ray start` nodes labelled
+raymh.io/site=a (the head) and raymh.io/site=b, two tiny domains pinned one to each.
+
+Where things ran is read from Ray's own records (the state API: `ray list tasks/actors/placement-groups
+--detail`), not from raymh's: every task reading a domain's files ran on that domain's node, the placement
+group's bundle with a domain's selector sits on that node, and the Train workers are one on each node. A
+selector that matches no node fails before training, naming the domain and listing every node's labels.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import tiny_overrides
+from tests.ray_head import BIN, RayHead
+
+pytestmark = pytest.mark.slow
+SITE = "raymh.io/site"
+DOMAINS = (
+    "[{name: cityscapes, kind: cityscapes, root: cityscapes, placement: {raymh.io/site: a}},"
+    " {name: bdd100k, kind: bdd100k, root: bdd100k, placement: {raymh.io/site: %s}}]"
+)
+
+
+@pytest.fixture(scope="module")
+def sites():
+    h = RayHead(num_cpus=2, token_mode=False, labels={SITE: "a"})
+    try:
+        h.wait_ready()
+        h.add_node(num_cpus=2, labels={SITE: "b"})
+        yield h
+    finally:
+        h.stop()
+
+
+def _train(sites: RayHead, e2e_root, tmp_path, name: str, site_b: str = "b") -> subprocess.CompletedProcess:
+    over = tiny_overrides(tmp_path, **{
+        "data.cache_dir": str(e2e_root / "cache"), "train.iters": 2, "train.eval_every": 2, "train.panels": 0,
+        "tracking.run_name": name, "domains": DOMAINS % site_b, "scaling.placement": "by_domain",
+    })  # fmt: skip
+    return subprocess.run(
+        [str(BIN / "raymh"), "train", "--config", "quickstart", *[a for o in over for a in ("--set", o)]],
+        env={**sites.env, "RAY_TMPDIR": str(sites.root)}, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+
+
+def _state(sites: RayHead, what: str, *filters: str) -> list[dict]:
+    args = ["list", what, "--address", sites.dashboard, "--format", "json", "--detail", "--limit", "10000"]
+    out = sites.ray(*args, *[a for f in filters for a in ("--filter", f)])
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout) if out.stdout.lstrip().startswith("[") else []
+
+
+def test_each_domains_reads_and_worker_run_on_its_own_node(sites, e2e_root, tmp_path):
+    done = _train(sites, e2e_root, tmp_path, "placed")
+    assert done.returncode == 0 and "run placed: finished at step 2" in done.stdout, (done.stdout + done.stderr)[-4000:]
+    node_of = {n["labels"].get(SITE): n["node_id"] for n in _state(sites, "nodes", "state=ALIVE")}
+    assert set(node_of) == {"a", "b"}
+    site_of_domain = {"cityscapes": "a", "bdd100k": "b"}
+
+    deadline = time.monotonic() + 60  # task events reach the state API a little after the tasks end
+    while True:
+        reads = [t for t in _state(sites, "tasks") if t["name"].startswith("raymh-") and t["state"] == "FINISHED"]
+        kinds = {(t["name"].split(":")[0], t["name"].split(":")[1]) for t in reads}
+        if len(kinds) == 4 or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    # per domain: the scan of its files and the reads of its labeled and unlabeled rows, each on its node
+    assert kinds == {(k, d) for k in ("raymh-scan", "raymh-read_tables") for d in site_of_domain}, reads
+    for task in reads:
+        domain = task["name"].split(":")[1]
+        assert task["node_id"] == node_of[site_of_domain[domain]], task
+
+    workers = _state(sites, "actors", "class_name=RayTrainWorker")
+    assert sorted(a["node_id"] for a in workers) == sorted(node_of.values()), workers
+    groups = [g for g in _state(sites, "placement-groups") if any(b.get("label_selector") for b in g["bundles"])]
+    assert groups, _state(sites, "placement-groups")
+    for bundle in groups[-1]["bundles"]:  # each worker's bundle on a node of its domain's site
+        assert bundle["node_id"] == node_of[bundle["label_selector"][SITE]], groups[-1]
+    # and each rank said which domain it served: the one of its node
+    for domain, site in site_of_domain.items():
+        assert f"on node {node_of[site][:8]} serves domain {domain}" in done.stdout + done.stderr
+
+
+def test_a_selector_matching_no_node_fails_before_training(sites, e2e_root, tmp_path):
+    done = _train(sites, e2e_root, tmp_path, "nowhere", site_b="eu-1")
+    out = done.stdout + done.stderr
+    assert done.returncode != 0, out[-3000:]
+    assert "domain 'bdd100k': placement {raymh.io/site: eu-1} matches no alive Ray node" in out, out[-3000:]
+    assert "{'raymh.io/site': 'a'}" in out and "{'raymh.io/site': 'b'}" in out
+    assert "Traceback" not in out and "step 1/" not in out
