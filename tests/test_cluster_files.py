@@ -217,6 +217,63 @@ def test_rayjob_cluster_matches_the_raycluster(raycluster: dict, rayjob: dict):
     assert rayjob["spec"]["rayClusterSpec"] == raycluster["spec"]
 
 
+# ---------------------------------------------------------------- data that stays on its site (docs/placement.md)
+SITE = "raymh.io/site"
+
+
+@pytest.fixture(scope="module")
+def sites_config():
+    return load_config(str(CLUSTER / "sites.yaml"))
+
+
+def test_sites_raycluster_validates_against_the_crd():
+    doc = _yaml(CLUSTER / "kuberay" / "raycluster-sites.yaml")
+    assert _errors(_crd("rayclusters"), doc) == [], REGENERATE
+    bad = copy.deepcopy(doc)
+    bad["spec"]["workerGroupSpecs"][0]["labels"][SITE] = 1  # labels are strings
+    assert any("labels" in e for e in _errors(_crd("rayclusters"), bad))
+
+
+def test_sites_raycluster_has_one_labelled_group_per_domain_each_with_only_its_data(sites_config):
+    spec = _yaml(CLUSTER / "kuberay" / "raycluster-sites.yaml")["spec"]
+    head = spec["headGroupSpec"]["template"]["spec"]
+    assert not head.get("volumes") and spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    claims = {}
+    for group in spec["workerGroupSpecs"]:
+        site = group["labels"][SITE]
+        pod = group["template"]["spec"]
+        assert pod["nodeSelector"] == {"raymh.io/data-site": site}
+        claims[site] = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]]
+        (mount,) = pod["containers"][0]["volumeMounts"]
+        assert mount["readOnly"] and mount["mountPath"] == "/data/site"
+    assert all(len(c) == 1 and site in c[0] for site, c in claims.items())  # each group: its own site's volume
+    assert {d.placement[SITE] for d in sites_config.domains} == set(claims)
+    assert all(d.prepared.startswith("/data/site/") for d in sites_config.domains)
+
+
+def test_sites_config_places_every_domain(sites_config):
+    assert sites_config.scaling.placement == "by_domain"
+    assert sites_config.train_workers == len(sites_config.domains) * sites_config.scaling.workers_per_domain
+    assert "://" in sites_config.tracking.storage_path  # checkpoints leave the sites for a shared store
+
+
+def test_sites_launcher_validates_and_labels_one_node_type_per_domain(sites_config):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    doc = _yaml(CLUSTER / "ray-cluster-sites.yaml")
+    assert _errors(json.loads(RAY_SCHEMA.read_text()), doc) == []
+    validate_config(prepare_config(copy.deepcopy(doc)))
+    types = doc["available_node_types"]
+    labelled = {t["labels"][SITE]: t for t in types.values() if SITE in t.get("labels", {})}
+    assert set(labelled) == {d.placement[SITE] for d in sites_config.domains}
+    assert SITE not in types[doc["head_node_type"]].get("labels", {})
+    assert all(t["min_workers"] >= sites_config.scaling.workers_per_domain for t in labelled.values())
+    bad = copy.deepcopy(doc)
+    name = next(n for n, t in types.items() if SITE in t.get("labels", {}))
+    bad["available_node_types"][name]["labels"][SITE] = 1  # label values are strings
+    assert any("labels" in e for e in _errors(json.loads(RAY_SCHEMA.read_text()), bad))
+
+
 # ---------------------------------------------------------------- runtime_env
 
 

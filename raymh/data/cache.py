@@ -43,7 +43,9 @@ def synthetic_root(cfg: ExperimentConfig) -> Path | None:
 
 
 def prepared_dirs(cfg: ExperimentConfig) -> dict[str, Path]:
-    """{domain name: prepared dir} for every configured domain, preparing what is missing."""
+    """{domain name: prepared dir} for every configured domain, preparing what is missing. Under placement by
+    domain a `prepared:` dir is not looked at here: it is a path on the domain's own nodes, read only there
+    (`raymh.data.site_reads`); a `root:` domain is still prepared here, where the driver runs."""
     from raymh.data.prepare import prepare_domain
 
     synth_root = synthetic_root(cfg)
@@ -51,6 +53,9 @@ def prepared_dirs(cfg: ExperimentConfig) -> dict[str, Path]:
     for dom in cfg.domains:
         if dom.prepared is not None:
             path = Path(dom.prepared).expanduser().resolve()
+            if cfg.scaling.placement == "by_domain":  # a path on the domain's own nodes, scanned there
+                out[dom.name] = path
+                continue
             if not (path / "manifest.json").is_file():
                 raise FileNotFoundError(
                     f"domains[{dom.name}].prepared: {path}/manifest.json not found; run "

@@ -23,8 +23,8 @@ ROOT = HERE.parents[2]
 KEEP = ("type", "required", "enum", "format", "pattern", "minimum", "maximum", "minItems", "maxItems",
         "minLength", "maxLength", "x-kubernetes-int-or-string", "x-kubernetes-preserve-unknown-fields")  # fmt: skip
 CRDS = {
-    "ray.io_rayclusters.yaml": ROOT / "cluster/kuberay/raycluster.yaml",
-    "ray.io_rayjobs.yaml": ROOT / "cluster/kuberay/rayjob.yaml",
+    "ray.io_rayclusters.yaml": [ROOT / "cluster/kuberay/raycluster.yaml", ROOT / "cluster/kuberay/raycluster-sites.yaml"],
+    "ray.io_rayjobs.yaml": [ROOT / "cluster/kuberay/rayjob.yaml"],
 }
 
 
@@ -78,14 +78,16 @@ def _union(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(kuberay: str, ref: str) -> None:
-    for crd_name, manifest_path in CRDS.items():
+    for crd_name, manifest_paths in CRDS.items():
         src = f"ray-operator/config/crd/bases/{crd_name}"
         text = subprocess.run(
             ["git", "-C", kuberay, "show", f"{ref}:{src}"], check=True, capture_output=True, text=True
         ).stdout
         crd = yaml.safe_load(text)
         (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-        manifest = yaml.safe_load(manifest_path.read_text())
+        manifest: dict[str, Any] = {}
+        for path in manifest_paths:  # every manifest of this kind: the union of their field paths
+            manifest = _union(manifest, yaml.safe_load(path.read_text()))
         trimmed = trim(version["schema"]["openAPIV3Schema"], manifest)
         header = (
             f"# Trimmed copy of KubeRay's {crd['spec']['names']['kind']} CRD schema (apiVersion ray.io/v1).\n"
