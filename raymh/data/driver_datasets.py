@@ -71,12 +71,9 @@ def _cached_rows(
     the rows are then read by a task on its nodes and stay in that node's object store (`site_reads`)."""
     if site is None:
         return put_rows(name, site_reads.read_tables(files, ids, columns)[:-1], repeat=repeat, shuffle=shuffle)
-    import ray
-
-    refs = site_reads.on_site(
-        site_reads.read_tables, site, files, ids, columns, domain=name.split(".")[0], num_returns=len(files) + 1
-    )
-    counts = ray.get(refs[-1])
+    domain = name.split(".")[0]
+    refs = site_reads.on_site(site_reads.read_tables, site, files, ids, columns, domain=domain, num_returns=len(files) + 1)
+    counts = site_reads.site_get(refs[-1], site, domain=domain)
     kept = [(ref, n) for ref, n in zip(refs[:-1], counts, strict=True) if n]
     if not kept:
         raise ValueError(f"{name}: no rows to put")

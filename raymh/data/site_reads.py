@@ -84,10 +84,15 @@ def on_site(fn, selector: Mapping[str, str], *args, domain: str, num_returns: in
         label_selector=dict(selector), num_returns=num_returns, num_cpus=1, name=f"raymh-{fn.__name__}:{domain}"
     )  # the name shows in Ray's state API (`ray list tasks`) with the node that ran it
     refs = task.remote(*args)
-    if num_returns != 1:
-        return refs
+    return refs if num_returns != 1 else site_get(refs, selector, domain=domain)
+
+
+def site_get(ref, selector: Mapping[str, str], *, domain: str):
+    """ray.get of a site task's result; its failure as an InputError naming the domain and the cause."""
+    import ray
+
     try:
-        return ray.get(refs)
+        return ray.get(ref)
     except ray.exceptions.RayTaskError as err:
         cause = err.cause if getattr(err, "cause", None) is not None else err
         raise InputError(

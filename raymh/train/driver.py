@@ -96,14 +96,15 @@ def run_tags(cfg: ExperimentConfig) -> dict[str, str]:
     return tags
 
 
-def build_domain_data(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Prepared dirs -> per-domain Ray Datasets (labeled, unlabeled, val) and their split lists."""
+def build_domain_data(cfg: ExperimentConfig, *, sites: bool = True) -> dict[str, Any]:
+    """Prepared dirs -> per-domain Ray Datasets (labeled, unlabeled, val) and their split lists. Under
+    placement by domain (and `sites`), every read of a domain's files runs on its own nodes."""
     from raymh.data.cache import prepared_dirs
     from raymh.data.driver_datasets import build_domain_data as build_one
 
     prepared = prepared_dirs(cfg)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines drown raymh's own
-    placed = cfg.scaling.placement == "by_domain"
+    placed = sites and cfg.scaling.placement == "by_domain"
     readers = cfg.scaling.workers_per_domain if placed else cfg.train_workers  # ranks sharing a domain's sets
     min_rows = readers * max(cfg.data.labeled_batch_size, cfg.data.unlabeled_batch_size)
 
@@ -456,7 +457,9 @@ def evaluate_checkpoint(
     cfg = load_config(config or str(ckpt / CONFIG_FILE), overrides or [])
     print(f"[raymh] evaluating {ckpt} on {[d.name for d in cfg.domains]} ({cfg.train.eval_mode})", flush=True)
     init_ray(cfg, address, train=False)
-    data = build_domain_data(cfg)
+    if cfg.scaling.placement == "by_domain":
+        print("[raymh] placement by domain applies to training: eval reads every domain's data here", flush=True)
+    data = build_domain_data(cfg, sites=False)
     model = model_from_checkpoint(ckpt, cfg.model, {n: dd.num_classes for n, dd in data.items()}, state=state)
     val = {n: val_batches(dd.val, rank=0, world_size=1, size=cfg.data.val_size) for n, dd in data.items()}
     torch.set_num_threads(cfg.scaling.cpus_per_worker)
