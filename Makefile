@@ -26,7 +26,7 @@ lint: setup
 	$(BIN)/ruff check raymh tests benchmarks
 
 test: lint
-	$(BIN)/python -m pytest -q --durations=12 -m "not wip"
+	$(BIN)/python -m pytest -q --durations=12
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -160,11 +160,12 @@ def reproduce(table, config, seeds, first_seed, render_seed, fractions, full, ov
     """Run one of the method's comparison tables (cells x seeds as a Tune grid, one MLflow parent run)."""
     from raymh.evidence.reproduce import run_reproduce
 
-    run_reproduce(
+    ev = run_reproduce(
         table, config=config, seeds=seeds, first_seed=first_seed, render_seed=render_seed,
         fractions=tuple(f.strip() for f in fractions.split(",") if f.strip()), full=full,
         overrides=list(overrides), out=out, address=address, max_concurrent=max_concurrent,
     )  # fmt: skip
+    sys.exit(1 if ev.failed_trials else 0)  # a table with missing runs is written, and is not a success
 
 
 @main.command()

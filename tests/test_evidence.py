@@ -118,3 +118,20 @@ def test_rendered_table_has_the_methods_layout():
     assert md.count("\n|") == 1 + 1 + 4  # header, rule, 4 rows
     csv_lines = render.format_csv(values).strip().splitlines()
     assert len(csv_lines) == 1 + 3 * 4 + 4  # header, 3 rows x 4 columns, 1 comparison x 4 columns
+
+
+@pytest.mark.parametrize("failed", [0, 2])
+def test_reproduce_exits_1_when_a_run_of_the_grid_failed(monkeypatch, failed):
+    """The table is still written with the finished runs, but a grid with failed runs is not a success."""
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    import raymh.evidence.reproduce as reproduce
+    from raymh.cli import main
+
+    calls = []
+    monkeypatch.setattr(reproduce, "run_reproduce", lambda *a, **k: calls.append(k) or SimpleNamespace(failed_trials=failed))
+    result = CliRunner().invoke(main, ["reproduce", "--table", "semi-vs-supervised", "--seeds", "1"])
+    assert calls and calls[0]["seeds"] == 1
+    assert result.exit_code == (1 if failed else 0), result.output

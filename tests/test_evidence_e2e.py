@@ -19,7 +19,8 @@ def tiny_table(ray_local, e2e_root):
     from raymh.evidence.reproduce import run_reproduce
 
     root = e2e_root / "evidence"
-    overrides = tiny_overrides(root, **{"train.iters": 2, "train.eval_every": 2, "loss.dc_weight": 0.1})
+    overrides = tiny_overrides(root, **{"train.iters": 2, "train.eval_every": 2, "loss.dc_weight": 0.1,
+                                        "data.cache_dir": str(e2e_root / "cache")})  # the session's rendered data
     ev = run_reproduce(
         "semi-vs-supervised", config="quickstart", seeds=2, fractions=("1/2",), full=False,
         overrides=overrides, out=root / "out",

@@ -29,7 +29,8 @@ def _raymh(args: list[str], **kw) -> subprocess.Popen:
 def test_sigint_checkpoints_marks_killed_and_resume_continues(ray_local, e2e_root):
     root = e2e_root / "interrupt"
     over = tiny_overrides(root, **{"train.iters": 30, "train.eval_every": 30, "train.checkpoint_every": 5,
-                                   "tracking.run_name": "ctrlc", "loss.dc_weight": 0.0})  # fmt: skip
+                                   "tracking.run_name": "ctrlc", "loss.dc_weight": 0.0,
+                                   "data.cache_dir": str(e2e_root / "cache")})  # fmt: skip
     sets = [a for o in over for a in ("--set", o)]
     address = ray_local.get_runtime_context().gcs_address
     proc = _raymh(["train", "--config", "quickstart", "--address", address, *sets])

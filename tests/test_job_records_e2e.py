@@ -21,10 +21,7 @@ from raymh.train.places import MARKERS
 from tests.conftest import tiny_overrides
 from tests.ray_head import RayHead
 
-# Issue 14 is open: these two tests did not pass yet on the development machine (they failed in the
-# clean-clone run of `make test`), so `make test` deselects them (`-m "not wip"`); run them with
-# `pytest -m wip tests/test_job_records_e2e.py`.
-pytestmark = [pytest.mark.slow, pytest.mark.wip]
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,8 +39,9 @@ def head(tmp_path_factory):
 
 def _train_args(e2e_root, *extra_args: str, **over) -> list[str]:
     """`raymh train` of a tiny run with the default records locations (no tracking paths set)."""
-    sets = tiny_overrides(e2e_root, **{"data.cache_dir": str(e2e_root / "cache"), **over})
+    sets = tiny_overrides(e2e_root, **{"data.cache_dir": str(e2e_root / "cache")})
     sets = [s for s in sets if not s.startswith(("tracking.storage_path=", "tracking.tracking_uri="))]
+    sets += [f"{k}={v}" for k, v in over.items()]  # last: they win (a test may set a storage path)
     return ["raymh", "train", "--config", "quickstart", *[a for s in sets for a in ("--set", s)], *extra_args]
 
 

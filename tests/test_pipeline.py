@@ -231,16 +231,16 @@ def test_val_batches_partition_exactly(ray_session, prepared):
 
 def test_step_batches_every_domain_and_epoch_rollover(ray_session, prepared, tmp_path):
     other = write_prepared(tmp_path / "other", domain="other", n_train=6, n_val=1, seed=1)
-    data = {"toy": _build(prepared, min_rows=2), "other": _build(other, domain="other", min_rows=2)}
-    # materialized: one pipeline run per set; StepBatches' cycling is the same over any Dataset
-    shards = {
-        name: ds.materialize()
-        for dd in data.values()
-        for name, ds in dd.datasets().items()
-    }
+    # worker mode (encoded rows in the object store, decoded here): no Ray Data execution per epoch;
+    # StepBatches cycles Ray Data shards the same way (the lockstep test below, and the ray_data e2e run)
+    opts = {"min_rows": 2, "cache_encoded": True, "transforms_on": "worker"}
+    data = {"toy": _build(prepared, **opts), "other": _build(other, domain="other", **opts)}
+    blocks = {name: rb for dd in data.values() for name, rb in dd.row_blocks().items()}
     steps = StepBatches(
-        ["toy", "other"], labeled_batch_size=2, unlabeled_batch_size=3, get_shard=shards.get, keep_ids=True
-    )
+        ["toy", "other"], labeled_batch_size=2, unlabeled_batch_size=3, keep_ids=True,
+        get_shard=train_shards(blocks, seed=0, rank=0, world_size=1),
+        transforms=train_transforms(crop_size=CROP, scale_range=(0.5, 1.5), unlabeled_scale_range=(0.8, 1.2), seed=0),
+    )  # fmt: skip
     labeled_seen = {"toy": [], "other": []}
     for _ in range(2):  # each domain's labeled set is one batch per epoch: step 2 starts a new epoch
         batch = next(steps)

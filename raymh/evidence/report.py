@@ -27,6 +27,7 @@ class Evidence:
     records: list[RunRecord]
     parent_run_id: str
     uri: str
+    failed_trials: int = 0  # runs of the grid that did not finish (`raymh reproduce` sets it; they are left out)
 
 
 def _client(uri: str):

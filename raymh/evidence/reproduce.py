@@ -149,5 +149,8 @@ def run_reproduce(
     print(f"[raymh] {len(trials) - len(errors)}/{len(trials)} runs finished in {minutes:.1f} min; wrote "
           f"{', '.join(sorted(written))} to {target} (and to the parent run's artifacts)", flush=True)  # fmt: skip
     if errors:
-        print(f"[raymh] {len(errors)} run(s) failed; the table leaves them out. First error: {errors[0]}", flush=True)
+        print(f"[raymh] {len(errors)} run(s) failed; the table leaves them out (exit status 1). Finish a failed run "
+              f"with `raymh train --resume <its run name>` (run names: `raymh runs`), then `raymh report --run "
+              f"{parent.run_id}`. First error: {errors[0]}", flush=True)  # fmt: skip
+    ev.failed_trials = len(errors)  # the CLI exits 1
     return ev
