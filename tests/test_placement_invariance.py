@@ -87,7 +87,7 @@ def placed(tmp_path_factory):
 def one_rank():
     torch.set_num_threads(1)
     one = _step(_cfg({}), rank=0, world=1, prepare=lambda m, parallel_strategy_kwargs: m.double())
-    return {"loss": one["loss"], "grad": torch.tensor(one["grad"], dtype=torch.float64)}
+    return {"loss": one["loss"], "grad": one["grad"].double()}
 
 
 @pytest.mark.parametrize("world", [2, 4])
