@@ -133,28 +133,32 @@ class RayHead:
         self, *, num_cpus: int = 1, wrap: list[str] | None = None, labels: dict[str, str] | None = None
     ) -> subprocess.Popen:
         """A worker node (`ray start --address=... --block [--labels=k=v,...]`), optionally run through `wrap`
-        (e.g. `unshare -m sh -c '... "$@"' sh`); waits until the head counts it alive."""
+        (e.g. `unshare -m sh -c '... "$@"' sh`); waits until the head counts it alive. `ray start` gives its
+        raylet 30 s to come up and exits after that; on a loaded machine it is started again (3 tries)."""
         temp_dir = self.root / f"node{len(self.workers) + 1}"  # its own: a worker node's record goes there too
-        cmd = [RAY, "start", f"--address={self.gcs_address}", "--block", f"--num-cpus={num_cpus}",
-               f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={free_port()}",
-               "--disable-usage-stats", *_labels_flag(labels or {})]  # fmt: skip
         before = self.alive_nodes()
-        node = subprocess.Popen(
-            [*(wrap or []), *cmd],
-            env=self.cli_env,  # worker nodes need RAY_AUTH_MODE=token
-            stdout=(self.root / f"{temp_dir.name}.log").open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.workers.append(node)
-        deadline = time.monotonic() + 180
-        while self.alive_nodes() <= before:
-            assert node.poll() is None, (
-                f"the worker node exited with {node.returncode}: {(self.root / f'{temp_dir.name}.log').read_text()[-3000:]}"
+        deadline = time.monotonic() + 300
+        for tries_left in (2, 1, 0):
+            cmd = [RAY, "start", f"--address={self.gcs_address}", "--block", f"--num-cpus={num_cpus}",
+                   f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={free_port()}",
+                   "--disable-usage-stats", *_labels_flag(labels or {})]  # fmt: skip
+            node = subprocess.Popen(
+                [*(wrap or []), *cmd],
+                env=self.cli_env,  # worker nodes need RAY_AUTH_MODE=token
+                stdout=(self.root / f"{temp_dir.name}.log").open("w"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
-            assert time.monotonic() < deadline, "the worker node did not join in time"
-            time.sleep(2)
-        return node
+            self.workers.append(node)
+            while self.alive_nodes() <= before and node.poll() is None:
+                assert time.monotonic() < deadline, "the worker node did not join in time"
+                time.sleep(2)
+            if node.poll() is None:
+                return node
+            log = (self.root / f"{temp_dir.name}.log").read_text()[-3000:]
+            assert tries_left, f"the worker node exited with {node.returncode}: {log}"
+            _stop(node)
+        raise AssertionError("unreachable")
 
     def alive_nodes(self) -> int:
         out = self.ray("list", "nodes", "--address", self.dashboard, "--format", "json", "--filter", "state=ALIVE")
