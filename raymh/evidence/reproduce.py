@@ -95,7 +95,7 @@ def run_reproduce(
         config_from_dict(apply_overrides(base, t.overrides(base)), where=f"trial {t.cell} seed {t.seed}")
     name = f"reproduce-{table}-{base_cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     s = base_cfg.scaling
-    per_trial = s.num_workers * s.cpus_per_worker + 1  # the Train workers plus the trial's driver function
+    per_trial = base_cfg.train_workers * s.cpus_per_worker + 1  # the Train workers plus the trial's driver function
     init_ray(base_cfg, address, num_cpus=max(os.cpu_count() or 1, per_trial + 1))
     cluster_cpus = ray.cluster_resources().get("CPU", 1)
     concurrent = max_concurrent or max(1, int(cluster_cpus // per_trial))

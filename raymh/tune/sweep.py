@@ -95,7 +95,7 @@ def run_sweep(
     )
 
     s = base_cfg.scaling
-    per_trial = space.resources.cpu + s.num_workers * s.cpus_per_worker + 1
+    per_trial = space.resources.cpu + base_cfg.train_workers * s.cpus_per_worker + 1
     uri = base["tracking"]["tracking_uri"]
     if where := places.announce(storage_root(base_cfg), uri):
         print(where, flush=True)
