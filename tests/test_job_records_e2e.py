@@ -59,6 +59,11 @@ def _ok(done: subprocess.CompletedProcess) -> str:
     return done.stdout
 
 
+def _logs(head: RayHead, job: str) -> str:
+    """A finished job's whole driver log, as the head's job API serves it (what `ray job logs` prints)."""
+    return head.api("GET", f"/api/jobs/{job}/logs")["logs"]
+
+
 def _status(head: RayHead, job: str) -> str:
     return head.api("GET", f"/api/jobs/{job}")["status"]
 
@@ -69,9 +74,11 @@ def test_jobs_keep_one_store_outside_rays_session_and_a_later_job_resumes(head, 
     # 1. a complete run, submitted with the README's recipe: the repository as working dir, runtime_env.yaml
     runtime_env = {k: v for k, v in yaml.safe_load((ROOT / "cluster" / "runtime_env.yaml").read_text()).items()
                    if k != "pip"}  # fmt: skip  (pip: offline here; raymh is installed)
-    out = _ok(head.submit(*_train_args(e2e_root, **{"train.iters": 2, "train.eval_every": 2,
-                                                    "tracking.run_name": "complete"}),
-                          working_dir=ROOT, runtime_env=runtime_env))  # fmt: skip
+    _ok(head.submit(*_train_args(e2e_root, **{"train.iters": 2, "train.eval_every": 2,
+                                              "tracking.run_name": "complete"}),
+                    working_dir=ROOT, runtime_env=runtime_env, submission_id="raymh-complete"))  # fmt: skip
+    # the job's whole log, from the head (`ray job submit`'s live tail dropped lines once in a loaded suite)
+    out = _logs(head, "raymh-complete")
     assert f"[raymh] records (RAYMH_HOME is set): checkpoints under {home / 'ray_results'}, MLflow {store}" in out
     assert "run complete: finished at step 2" in out and f"browse:       mlflow ui --backend-store-uri {store}" in out
 
@@ -94,8 +101,9 @@ def test_jobs_keep_one_store_outside_rays_session_and_a_later_job_resumes(head, 
     assert _status(head, job) == "STOPPED"
 
     # 3. a third job, from yet another copy, resumes the stopped run by name and finishes it
-    out = _ok(head.submit(*_train_args(e2e_root, "--resume", "interrupted"), working_dir=_working_dir(tmp_path, "c"),
-                          timeout=1200))  # fmt: skip
+    _ok(head.submit(*_train_args(e2e_root, "--resume", "interrupted"), working_dir=_working_dir(tmp_path, "c"),
+                    timeout=1200, submission_id="raymh-resumed"))  # fmt: skip
+    out = _logs(head, "raymh-resumed")
     assert "run interrupted: finished at step 24" in out, out[-4000:]
 
     client = MlflowClient(store)
