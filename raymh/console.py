@@ -44,6 +44,8 @@ HARMLESS = [
         r"RAY_AUTH_MODE",
         r"[Dd]eprecat",  # deprecation notices (the source line printed after one is logged with it)
         r"Progress bars disabled",  # Ray Data, once per process: raymh turns them off on purpose
+        r"Add type hints to the `predict` method",  # MLflow, logging the pyfunc: raymh gives its signature
+        r"An input example was not provided when logging the model",  # MLflow: the signature is explicit
     )
 ]
 # Ray's Python log format ("2026-01-01 12:00:00,123\tINFO file.py:12 -- msg") and glog's ("[2026-01-01
@@ -232,6 +234,8 @@ def _quiet_mlflow_handlers() -> None:
     """MLflow's own console handler (on its `mlflow` logger): INFO lines such as "Creating initial MLflow
     database tables" go to the log file too."""
     import mlflow  # noqa: F401 - configures MLflow's loggers
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # its tqdm bars when logging a model
 
     for handler in logging.getLogger("mlflow").handlers:
         if _RECORD_FILTER not in handler.filters:

@@ -120,3 +120,18 @@ def test_expected_errors_print_one_message_and_exit_1(args, message, monkeypatch
     assert message in out.output and "Traceback" not in out.output
     others = [line for line in out.output.splitlines() if not line.startswith("[raymh] ")]  # raymh says what it does
     assert others[0].startswith("Error: ") and all(line.startswith("  ") for line in others[1:]), out.output
+
+
+def test_mlflow_model_logging_notices_go_to_the_log_file_and_its_bars_are_off(monkeypatch):
+    """Logging the best model printed MLflow's tqdm bars and two notices on every run's console."""
+    from raymh import console
+
+    for text in ("Add type hints to the `predict` method to enable data validation",
+                 "An input example was not provided when logging the model. To ensure ..."):  # fmt: skip
+        assert console.is_harmless(text), text
+    assert not console.is_harmless("Model logging failed: disk full")
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    console._quiet_mlflow_handlers()
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+    assert MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.get() is False
