@@ -124,8 +124,8 @@ def build_domain_data(cfg: ExperimentConfig, *, sites: bool = True) -> dict[str,
             site=d.placement if placed else None,  # placed: every read of its files on its own nodes
         )
 
-    # Domains build side by side: each one waits on Ray Data executions (materializing val, and the train
-    # sets in the ray_data mode) that are mostly scheduling latency, so threads overlap them.
+    # Domains build side by side: each one waits on Ray work that is mostly scheduling latency (caching the
+    # train sets' encoded rows in the ray_data mode, a placed domain's site tasks), so threads overlap it.
     with ThreadPoolExecutor(max_workers=len(cfg.domains), thread_name_prefix="raymh-build") as pool:
         built = list(pool.map(build, cfg.domains))
     return {d.name: dd for d, dd in zip(cfg.domains, built, strict=True)}
