@@ -217,7 +217,7 @@ def build_domain_data(
         fn_kwargs={"crop_size": crop_u, "scale_range": tuple(unlabeled_scale_range)},
         what=f"{domain}.unlabeled", min_rows=min_rows, **common,
     )  # fmt: skip
-    val = ValRows(domain, tuple(val_files), found["val_rows"])
+    val = ValRows(domain, tuple(val_files), len(val_ids))  # one row per val id
     return DomainData(
         name=domain,
         manifest=manifest,

@@ -1,8 +1,8 @@
 """Reads of a placed domain's prepared data that run on its own nodes (`domains[].placement`, docs/placement.md).
 
 Under `scaling.placement: by_domain` the driver never opens a domain's Parquet files: a Ray task with the
-domain's label selector scans them (`scan`: the manifest, the file lists, the ids and which have a label,
-the val row count; small metadata that travels to the driver), and, with `data.transforms_on: worker`,
+domain's label selector scans them (`scan`: the manifest, the file lists, the ids and which have a label:
+small metadata that travels to the driver), and, with `data.transforms_on: worker`,
 another reads the encoded train rows and returns them as the task's results (`read_tables`): Ray stores
 task results in the object store of the node that ran the task, and the driver holds only their
 references, so the rows stay on the site until that domain's workers (placed by the same selector) read
@@ -52,7 +52,7 @@ def scan_ids(files: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def scan(prepared_dir: str) -> dict[str, Any]:
-    """What the driver needs to know of a prepared domain: manifest, files, ids, val row count (no pixels)."""
+    """What the driver needs to know of a prepared domain: manifest, files, ids (no pixels)."""
     prepared = Path(prepared_dir).expanduser()
     manifest = read_manifest(prepared)
     train_files, val_files = parquet_files(prepared, "train"), parquet_files(prepared, "val")
@@ -60,7 +60,6 @@ def scan(prepared_dir: str) -> dict[str, Any]:
     return {
         "manifest": manifest, "train_files": train_files, "val_files": val_files,
         "train_ids": train_ids, "with_label": with_label, "val_ids": scan_ids(val_files)[0],
-        "val_rows": sum(pq.ParquetFile(p).metadata.num_rows for p in val_files),
     }  # fmt: skip
 
 

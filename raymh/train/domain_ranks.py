@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from raymh.losses.world import World
 from raymh.model.sync_bn import WorldBatchNorm2d
+from raymh.train.checkpoint import unwrap
 from raymh.train.placement import RankRole, assign_ranks
 
 
@@ -120,10 +121,6 @@ def sync_buffers(model: torch.nn.Module, world: int, sources: Mapping[str, int] 
         return
     sources = dict(sources or {"": 0})
     prefixes = sorted(sources, key=len, reverse=True)  # the longest prefix wins
-    for name, buffer in _unwrap(model).named_buffers():
+    for name, buffer in unwrap(model).named_buffers():
         src = sources[next(p for p in prefixes if name.startswith(p))]
         dist.broadcast(buffer.data, src=src)
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)
