@@ -35,6 +35,26 @@ def tiny_overrides(tmp_root, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
+SESSION_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def _restore_tracking_uri() -> None:
+    if SESSION_TRACKING_URI is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = SESSION_TRACKING_URI
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri():
+    """`mlflow.set_tracking_uri` also sets MLFLOW_TRACKING_URI in os.environ, where every later subprocess (a
+    `raymh` CLI, a `ray start` head and its jobs) would inherit it: each test starts and ends with the variable as
+    the session found it (a session fixture's call is undone too)."""
+    _restore_tracking_uri()
+    yield
+    _restore_tracking_uri()
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for all end-to-end tests (starting Ray costs ~10 s on 2 cores)."""
