@@ -8,6 +8,7 @@ one other preset under `extends:` and override parts of it (one level, deep-merg
 from __future__ import annotations
 
 import copy
+import math
 import re
 from importlib import resources
 from pathlib import Path
@@ -88,7 +89,7 @@ class ModelConfig(_Section):
     pretrained: str | None = Field(None, description="None, a state-dict file, or 'imagenet' (downloads)")
     sync_bn: Literal["auto", True, False] = Field(
         "auto",
-        description="BatchNorm statistics over the batch of all workers (auto: on when scaling.num_workers > 1), "
+        description="BatchNorm statistics over the batch of all workers (auto: on when the run has more than one worker; elastic: the current count), "
         "so that the result does not depend on the worker count",
     )
 
@@ -126,8 +127,14 @@ class DataConfig(_Section):
     labeled_fraction: float = Field(0.125, gt=0, le=1, description="labeled share of each domain's train split")
     split_seed: int = Field(0, description="seed of the stable labeled-subset rule")
     crop_size: tuple[int, int] = Field((720, 720), description="train crop (H, W); multiples of 8")
-    labeled_batch_size: int = Field(2, ge=1, description="labeled images per domain per worker per step")
-    unlabeled_batch_size: int = Field(2, ge=1, description="unlabeled crop pairs per domain per worker per step")
+    labeled_batch_size: int = Field(
+        2, ge=1, description="labeled images per domain per step: per worker with a fixed scaling.num_workers, "
+        "over all workers (the global batch, split evenly) with an elastic [min, max]"
+    )
+    unlabeled_batch_size: int = Field(
+        2, ge=1, description="unlabeled crop pairs per domain per step: per worker with a fixed "
+        "scaling.num_workers, over all workers (the global batch, split evenly) with an elastic [min, max]"
+    )
     scale_range: tuple[float, float] = Field((0.5, 2.0), description="labeled random scale range")
     unlabeled_scale_range: tuple[float, float] = Field((0.8, 2.0), description="crop-pair scale range")
     val_size: tuple[int, int] | None = Field(None, description="resize val images to (H, W); None: as they are")
@@ -182,7 +189,11 @@ class TrainConfig(_Section):
 class ScalingConfig(_Section):
     """Ray Train workers and their resources."""
 
-    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks)")
+    num_workers: int | tuple[int, int] = Field(
+        1, description="Ray Train workers (DDP ranks): a count, or [min, max] for an elastic run that goes on with "
+        "as many as the cluster holds and restarts from its latest checkpoint when workers leave or join "
+        "(docs/elastic.md); elastic: data batch sizes are global and every count in the range must divide them"
+    )
     use_gpu: bool = Field(False, description="one or more GPUs per worker")
     gpus_per_worker: float = Field(1.0, gt=0, description="GPUs per worker when use_gpu")
     cpus_per_worker: int = Field(2, ge=1, description="CPUs per worker; torch threads match it")
@@ -195,6 +206,41 @@ class ScalingConfig(_Section):
     workers_per_domain: int = Field(
         1, ge=1, description="workers per domain under placement: by_domain (train workers = domains x this)"
     )
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _count_or_range(cls, v: Any) -> int | tuple[int, int]:
+        """A count >= 1, or [min, max] with 1 <= min <= max; anything else is one message saying both forms."""
+
+        def count(x: Any) -> int | None:
+            if isinstance(x, int) and not isinstance(x, bool):
+                return x
+            return int(x) if isinstance(x, str) and x.strip().isdigit() else None
+
+        form = "a count (e.g. 2) or an elastic range [min, max] (e.g. [1, 4])"
+        if isinstance(v, list | tuple):
+            lo, hi = (count(v[0]), count(v[1])) if len(v) == 2 else (None, None)
+            if lo is None or hi is None:
+                raise ValueError(f"num_workers must be {form}")
+            if not 1 <= lo <= hi:
+                raise ValueError(f"num_workers range [min, max] needs 1 <= min <= max (e.g. [1, {max(hi, 2)}])")
+            return (lo, hi)
+        n = count(v)
+        if n is None:
+            raise ValueError(f"num_workers must be {form}")
+        if n < 1:
+            raise ValueError("num_workers must be >= 1")
+        return n
+
+    @property
+    def elastic(self) -> bool:
+        """True for a [min, max] worker range (Ray Train's elastic scaling)."""
+        return isinstance(self.num_workers, tuple)
+
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        """(min, max) Ray Train workers; (n, n) for a fixed count."""
+        return self.num_workers if isinstance(self.num_workers, tuple) else (self.num_workers, self.num_workers)
 
 
 class TrackingConfig(_Section):
@@ -243,6 +289,12 @@ class ExperimentConfig(_Section):
                     f"scaling.placement is by_domain but {', '.join(missing)} has no `placement` selector; give "
                     "every domain one (e.g. placement: {raymh.io/site: eu-1})"
                 )
+            if s.elastic:
+                raise ValueError(
+                    f"scaling.num_workers={list(s.num_workers)} (elastic) is not supported with placement by_domain "
+                    "(each domain has a fixed number of workers on its own nodes); give scaling.num_workers as a "
+                    "count, or set scaling.placement=none"
+                )
             if s.num_workers not in (1, self.train_workers):
                 raise ValueError(
                     f"scaling.num_workers={s.num_workers} under placement by_domain: the workers are "
@@ -262,12 +314,48 @@ class ExperimentConfig(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _elastic_batches_divide(self) -> ExperimentConfig:
+        lo, hi = self.scaling.worker_range
+        if not self.scaling.elastic:
+            return self
+        batches = {"data.labeled_batch_size": self.data.labeled_batch_size,
+                   "data.unlabeled_batch_size": self.data.unlabeled_batch_size}  # fmt: skip
+        bad = {k: [n for n in range(lo, hi + 1) if b % n] for k, b in batches.items()}
+        bad = {k: v for k, v in bad.items() if v}
+        if bad:
+            what = "; ".join(f"{k}={batches[k]} is not divisible by {', '.join(map(str, v))} worker(s)"
+                             for k, v in bad.items())  # fmt: skip
+            fits = [n for n in range(lo, hi + 1) if all(b % n == 0 for b in batches.values())]
+            raise ValueError(
+                f"scaling.num_workers={[lo, hi]} is elastic, so the data batch sizes are global batches per domain "
+                f"split evenly over the workers: {what}. Use batch sizes that every count from {lo} to {hi} "
+                f"divides (e.g. multiples of {math.lcm(*range(lo, hi + 1))})"
+                + (f", or a narrower range (the counts from {lo} to {hi} that divide them: {fits})" if fits else "")
+            )
+        return self
+
     @property
     def train_workers(self) -> int:
-        """Ray Train workers (DDP ranks): domains x workers_per_domain under placement by_domain, else num_workers."""
+        """Ray Train workers (DDP ranks): domains x workers_per_domain under placement by_domain, else
+        num_workers (an elastic range: its max, what the cluster is sized for)."""
         if self.scaling.placement == "by_domain":
             return len(self.domains) * self.scaling.workers_per_domain
-        return self.scaling.num_workers
+        return self.scaling.worker_range[1]
+
+    def batch_per_worker(self, part: Literal["labeled", "unlabeled"], world_size: int) -> int:
+        """Images (labeled) or crop pairs (unlabeled) per domain one of `world_size` workers takes per step:
+        the configured batch with a fixed worker count; with an elastic range, the global batch / world_size."""
+        batch = self.data.labeled_batch_size if part == "labeled" else self.data.unlabeled_batch_size
+        if not self.scaling.elastic:
+            return batch
+        lo, hi = self.scaling.worker_range
+        if not lo <= world_size <= hi or batch % world_size:
+            raise ConfigError(
+                f"data.{part}_batch_size={batch} is the global batch of an elastic run "
+                f"(scaling.num_workers={[lo, hi]}); {world_size} workers cannot split it evenly"
+            )
+        return batch // world_size
 
     def labeled_fraction(self, domain: DomainConfig) -> float:
         """The labeled share of one domain: its own setting, else data.labeled_fraction."""
@@ -386,7 +474,8 @@ def config_from_dict(data: dict[str, Any], *, where: str = "config") -> Experime
         lines = []
         for err in e.errors():
             msg = "unknown key (check the spelling; see `raymh config show`)" if err["type"] == "extra_forbidden" else err["msg"]
-            got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {err.get('input')!r})"
+            whole = not err["loc"]  # a rule across keys: its message names them; the input is the whole config
+            got = "" if whole or err["type"] in ("extra_forbidden", "missing") else f" (got {err.get('input')!r})"
             lines.append(f"  {_key_path(err['loc'])}: {msg}{got}")
         raise ConfigError(f"{where} is invalid:\n" + "\n".join(lines)) from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import threading
@@ -101,27 +102,43 @@ def test_two_workers_lower_the_loss_and_log_to_mlflow(ray_local, e2e_root):
 
 
 def test_killed_worker_recovers_from_the_last_step_checkpoint(ray_local, e2e_root):
+    """An elastic run (scaling.num_workers [1, 2], global batches 2 per domain) loses a worker mid-run: Ray Train
+    restarts the group with as many workers as fit, from the last checkpoint; the run ends at the same step."""
     cfg = load_config(
         "quickstart",
         tiny_overrides(e2e_root, **{"train.iters": 60, "train.eval_every": 60, "train.checkpoint_every": 3,
-                                    "train.max_failures": 1, "tracking.run_name": "killed", "loss.dc_weight": 0.0}),
+                                    "train.max_failures": 1, "tracking.run_name": "killed", "loss.dc_weight": 0.0,
+                                    "scaling.num_workers": "[1, 2]", "data.labeled_batch_size": 2,
+                                    "data.unlabeled_batch_size": 2}),
     )  # fmt: skip
+    assert cfg.scaling.elastic
     killed: list[int] = []
     thread = _kill_a_worker_after_first_checkpoint(Path(cfg.tracking.storage_path) / "killed", killed, min_step=4)
     out = fit(cfg)
     thread.join(timeout=5)
     assert killed, "no Ray Train worker was found to kill"
     assert out.ok, out.error
-    assert read_state(out.checkpoint)["step"] == 60
-    steps = [s for s, _ in _history(cfg.tracking.tracking_uri, out.mlflow_run_id, "train/lr")]
-    assert steps[-1] == 60 and set(range(1, 61)) <= set(steps)
+    assert read_state(out.checkpoint)["step"] == 60  # the same final step count
+    uri = cfg.tracking.tracking_uri
+    lrs = _history(uri, out.mlflow_run_id, "train/lr")
+    steps = [s for s, _ in lrs]
+    assert steps[-1] == 60 and set(range(1, 61)) <= set(steps)  # no gap
     repeated = sorted({s for s in steps if steps.count(s) > 1})
     assert repeated, "the kill came after the last step: nothing was redone, the test saw no recovery"
     resumed_from = repeated[0] - 1
     # the worker group came back from a checkpoint between evaluations (the only evaluation is the last
-    # step), and redid at most checkpoint_every steps
+    # step), not from step 0, and redid at most checkpoint_every steps
     assert resumed_from % 3 == 0 and 0 < resumed_from < 60, repeated
     assert len(steps) - len(set(steps)) <= 3
+    for step, lr in lrs:  # the poly schedule continued from the checkpoint's step on both worker groups
+        assert lr == pytest.approx(cfg.optim.lr * (1 - step / 60) ** cfg.optim.poly_power, rel=1e-9, abs=1e-15)
+    losses = _history(uri, out.mlflow_run_id, "train/loss")
+    assert {s for s, _ in losses} == set(steps) and all(math.isfinite(v) for _, v in losses)
+    worlds = _history(uri, out.mlflow_run_id, "train/world_size")  # what each worker group ran with
+    assert {s for s, _ in worlds} == set(steps) and {w for _, w in worlds} <= {1.0, 2.0}
+    after = [w for s, w in worlds if s > resumed_from]
+    print(f"elastic kill: resumed from step {resumed_from}; world sizes before {sorted({w for s, w in worlds if s <= resumed_from})}, "
+          f"after {sorted(set(after))}")
 
 
 def test_resume_continues_the_step_count_and_lr_schedule_exactly(ray_local, e2e_root):

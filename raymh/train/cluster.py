@@ -131,6 +131,7 @@ def init_ray(
         return
     s = cfg.scaling
     # Logical CPUs: the workers' own plus room for Ray Data's decode/augment tasks (they share the cores).
+    # An elastic range is sized for its max workers (`train_workers`).
     num_cpus = num_cpus or max(os.cpu_count() or 1, cfg.train_workers * s.cpus_per_worker + 2)
     # address="local": never the recorded cluster. The dashboard also serves Ray's state API, which Train
     # V2's placement-group cleaner polls: without it the cleaner logs a warning every few seconds.
@@ -159,11 +160,12 @@ def _alive_nodes() -> list[dict]:
 def check_fits(cfg: ExperimentConfig, total: dict, nodes: list[dict], *, train: bool = True) -> None:
     """Raise RayClusterError naming what is missing (and `--set scaling...` values that fit) when the
     cluster cannot hold the config's workers (one bundle of CPUs/GPUs per worker on one node) plus one data
-    task; `train=False` needs only the data task."""
+    task; `train=False` needs only the data task. An elastic range needs room for its min workers (it runs
+    with as many as fit, up to its max)."""
     s = cfg.scaling
     data = s.data_cpus or 1
     gpus = s.gpus_per_worker if s.use_gpu else 0.0
-    workers = cfg.train_workers if train else 0
+    workers = (s.worker_range[0] if s.elastic else cfg.train_workers) if train else 0
     if _fits(workers, s.cpus_per_worker, gpus, data, total, nodes):
         return
     cpu, gpu = float(total.get("CPU", 0)), float(total.get("GPU", 0))
@@ -213,11 +215,16 @@ def _fitting_overrides(cfg: ExperimentConfig, total: dict, nodes: list[dict]) ->
     data = s.data_cpus or 1
     use_gpu = s.use_gpu and float(total.get("GPU", 0)) >= s.gpus_per_worker
     gpus = s.gpus_per_worker if use_gpu else 0.0
-    for workers in range(s.num_workers, 0, -1):
+    lo, hi = s.worker_range
+    batches = (cfg.data.labeled_batch_size, cfg.data.unlabeled_batch_size)
+    for workers in range(lo, 0, -1):
+        if s.elastic and any(b % n for b in batches for n in range(workers, lo)):
+            continue  # an elastic range must stay one whose every count divides the global batches
         for cpus in range(s.cpus_per_worker, 0, -1):
             if _fits(workers, cpus, gpus, data, total, nodes):
                 out = [] if use_gpu == s.use_gpu else ["scaling.use_gpu=false"]
-                out += [] if workers == s.num_workers else [f"scaling.num_workers={workers}"]
+                count = f"[{workers},{hi}]" if s.elastic else str(workers)
+                out += [] if workers == lo else [f"scaling.num_workers={count}"]
                 out += [] if cpus == s.cpus_per_worker else [f"scaling.cpus_per_worker={cpus}"]
                 return out
     return None

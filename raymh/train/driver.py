@@ -106,7 +106,8 @@ def build_domain_data(cfg: ExperimentConfig, *, sites: bool = True) -> dict[str,
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines drown raymh's own
     placed = sites and cfg.scaling.placement == "by_domain"
     readers = cfg.scaling.workers_per_domain if placed else cfg.train_workers  # ranks sharing a domain's sets
-    min_rows = readers * max(cfg.data.labeled_batch_size, cfg.data.unlabeled_batch_size)
+    # rows one step takes from a set over all its readers; elastic: the batch sizes are that already
+    min_rows = (1 if cfg.scaling.elastic else readers) * max(cfg.data.labeled_batch_size, cfg.data.unlabeled_batch_size)
 
     def build(d):
         return build_one(
@@ -156,7 +157,7 @@ def build_trainer(
         to_split += [n for n in (dataset_name(name, "labeled"), dataset_name(name, "unlabeled")) if n in datasets]
     s = cfg.scaling
     placed = s.placement == "by_domain"
-    if cfg.train_workers == 1 or placed:
+    if cfg.train_workers == 1 or placed:  # (an elastic range: its max; 2+ may come and go, so split)
         # One worker reads everything: no streaming_split, so no split-coordinator actor per dataset (six
         # of them cost over a core here); the worker runs the Ray Data executors itself. Placed: a domain's
         # sets are read by its own worker only (workers_per_domain 1 with Ray Data sets, see config).
@@ -184,7 +185,8 @@ def build_trainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.train_workers, use_gpu=s.use_gpu, resources_per_worker=resources,
+            num_workers=s.worker_range if s.elastic else cfg.train_workers, use_gpu=s.use_gpu,
+            resources_per_worker=resources,
             label_selector=worker_selectors(list(sites.items()), s.workers_per_domain) if placed else None,
         ),  # placed: one label selector per worker, each domain's for its workers_per_domain workers
         datasets=datasets,
@@ -270,7 +272,7 @@ def fit(
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     say(f"[raymh] {'resuming' if resume else 'training'} {run_name}: domains {[d.name for d in cfg.domains]}, "
         f"{cfg.model.backbone} OS{cfg.model.output_stride}, {cfg.train.iters} steps, lambda {cfg.loss.dc_weight}, "
-        f"{cfg.train_workers} worker(s) x {cfg.scaling.cpus_per_worker} CPU{' + GPU' if cfg.scaling.use_gpu else ''}"
+        f"{workers_text(cfg)} worker(s) x {cfg.scaling.cpus_per_worker} CPU{' + GPU' if cfg.scaling.use_gpu else ''}"
         f"{' placed by domain' if cfg.scaling.placement == 'by_domain' else ''}")
     uri = record["tracking_uri"] if record else resolve_tracking_uri(cfg)  # a resumed run stays in its store
     if where := places.announce(storage_root(cfg), uri):
@@ -367,6 +369,12 @@ def fit(
     if not quiet:
         print(results_table(outcome, cfg, uri), flush=True)
     return outcome
+
+
+def workers_text(cfg: ExperimentConfig) -> str:
+    """The worker count as the console says it: `2`, or `1-2 (elastic)`."""
+    lo, hi = cfg.scaling.worker_range
+    return f"{lo}-{hi} (elastic)" if cfg.scaling.elastic else str(cfg.train_workers)
 
 
 def resume_command(cfg: ExperimentConfig, run_name: str) -> str:

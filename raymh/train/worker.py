@@ -194,7 +194,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         replica.model, replica.optimizer, replica.scheduler, replica.start, replica.best
     )
     if rank == 0 and start:
-        say(f"resumed from checkpoint at step {start}/{cfg.train.iters}")
+        say(f"resumed from checkpoint at step {start}/{cfg.train.iters} on {world} worker(s)")
     if ranks.roles is not None:
         role = ranks.roles[rank]
         say(f"rank {rank} on node {ray.get_runtime_context().get_node_id()[:8]} serves domain {role.domain} "
@@ -210,8 +210,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     stop = WorkerStopCheck(config.get("stop_flag") if rank == 0 else None)
     batches = StepBatches(
         ranks.served,
-        labeled_batch_size=cfg.data.labeled_batch_size,
-        unlabeled_batch_size=cfg.data.unlabeled_batch_size,
+        labeled_batch_size=cfg.batch_per_worker("labeled", shard_world),  # elastic: global / this world
+        unlabeled_batch_size=cfg.batch_per_worker("unlabeled", shard_world),
         device=device,
         transforms=worker_transforms(cfg, seed=stream_seed(cfg, rank, start)),
         get_shard=train_shards(
@@ -248,7 +248,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             now = time.perf_counter()
             ips = images_since * world / max(now - t_log, 1e-9)
             metrics = {f"train/{k}": v for k, v in {**out.parts, **out.stats}.items()}
-            metrics.update({"train/lr": scheduler.get_last_lr()[0], "train/images_per_s": ips})
+            metrics.update({"train/lr": scheduler.get_last_lr()[0], "train/images_per_s": ips, "train/world_size": world})
             if tracked:
                 tracked.log_metrics(metrics, step=done)
             terms = " ".join(f"{k}={v:.3f}" for k, v in out.parts.items() if k != "dc_weight")
