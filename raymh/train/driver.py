@@ -157,7 +157,7 @@ def build_trainer(
         to_split += [n for n in (dataset_name(name, "labeled"), dataset_name(name, "unlabeled")) if n in datasets]
     s = cfg.scaling
     placed = s.placement == "by_domain"
-    if cfg.train_workers == 1 or placed:  # (an elastic range: its max; 2+ may come and go, so split)
+    if cfg.train_workers == 1 or placed:  # an elastic range counts by its max: split even while a group has 1
         # One worker reads everything: no streaming_split, so no split-coordinator actor per dataset (six
         # of them cost over a core here); the worker runs the Ray Data executors itself. Placed: a domain's
         # sets are read by its own worker only (workers_per_domain 1 with Ray Data sets, see config).
