@@ -176,9 +176,9 @@ def test_nan_loss_stops_with_the_step_and_domain_and_keeps_checkpoints(ray_local
 
 
 def _eval_loop(config: dict) -> None:
-    """Train a few steps on this rank's own random batches (so each rank's BatchNorm statistics would follow
-    its own data), then score this rank's val share through the worker's evaluation; rank 0 reports the
-    scores and the weights. With `weights` given: load them and only evaluate (the one-worker reference)."""
+    """For each `model.sync_bn` setting: train a few steps on this rank's own random batches (so each rank's
+    BatchNorm statistics would follow its own data), then score this rank's val share through the worker's
+    evaluation; rank 0 reports each setting's scores and weights."""
     import tempfile
 
     import ray.train
@@ -191,78 +191,81 @@ def _eval_loop(config: dict) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    cfg = config_from_dict(config["experiment"])
     domains = config["domains"]
-    replica = setup_replica(cfg, domains, rank=rank, world=world)
-    model = replica.model
-    if config.get("weights"):
-        unwrap(model).load_state_dict(torch.load(config["weights"], weights_only=True))
-    else:
-        g = torch.Generator().manual_seed(100 + rank)
-        model.train()
-        for step in range(3):
-            batch = {
-                d: {"labeled": {
-                    "image": torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=g) // (1 + rank),
-                    "label": torch.randint(0, info["num_classes"], (2, 64, 64), generator=g),
-                }, "unlabeled": {}}
-                for d, info in domains.items()
-            }  # fmt: skip
-            out = mix_loss_step(model, batch, cfg, step=step)
-            replica.optimizer.zero_grad()
-            out.loss.backward()
-            replica.optimizer.step()
-    model.eval()
-    metrics = _evaluate(model, cfg, domains, torch.device("cpu"), None, False, rank, world, 3, None,
-                        val_rows=config["val_rows"])
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "metrics.json").write_text(json.dumps(metrics))
-        torch.save(unwrap(model).state_dict(), Path(tmp) / "weights.pt")
+        for sync_bn in config["sync_bn"]:
+            cfg = config_from_dict({**config["experiment"], "model": {**config["experiment"]["model"], "sync_bn": sync_bn}})
+            replica = setup_replica(cfg, domains, rank=rank, world=world)
+            model = replica.model
+            g = torch.Generator().manual_seed(100 + rank)
+            model.train()
+            for step in range(3):
+                batch = {
+                    d: {"labeled": {
+                        "image": torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=g) // (1 + rank),
+                        "label": torch.randint(0, info["num_classes"], (2, 64, 64), generator=g),
+                    }, "unlabeled": {}}
+                    for d, info in domains.items()
+                }  # fmt: skip
+                out = mix_loss_step(model, batch, cfg, step=step)
+                replica.optimizer.zero_grad()
+                out.loss.backward()
+                replica.optimizer.step()
+            model.eval()
+            metrics = _evaluate(model, cfg, domains, torch.device("cpu"), None, False, rank, world, 3, None,
+                                val_rows=config["val_rows"])
+            (Path(tmp) / f"metrics-{sync_bn}.json").write_text(json.dumps(metrics))
+            torch.save(unwrap(model).state_dict(), Path(tmp) / f"weights-{sync_bn}.pt")
         ckpt = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
         ray.train.report({"done": 1}, checkpoint=ckpt)
 
 
-@pytest.mark.parametrize("sync_bn", ["auto", "false"])
-def test_evaluation_with_two_workers_equals_one(ray_local, e2e_root, tmp_path, sync_bn):
-    """A model trained on 2 workers scores the same on 2 workers as its checkpoint on 1: BatchNorm over all
+def test_evaluation_with_two_workers_equals_one(ray_local, e2e_root, tmp_path):
+    """A model trained on 2 workers scores the same on 2 workers as its weights on 1: BatchNorm over all
     workers (sync_bn auto), or rank 0's statistics given to every rank before evaluating (sync_bn false).
-    Before either, each rank evaluated with the running statistics of its own batches."""
-    import shutil
+    Before either, each rank evaluated with the running statistics of its own batches. Both settings train
+    in one 2-worker group; the 1-worker reference is the same evaluation in this process."""
     import sys
 
     import ray.train
+    import torch
     from ray import cloudpickle
     from ray.train.torch import TorchTrainer
 
+    from raymh.config import config_from_dict
     from raymh.train.driver import build_domain_data
+    from raymh.train.worker import _evaluate, setup_replica
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the tests package
     cfg = load_config(
         "quickstart",
-        tiny_overrides(e2e_root, **{"model.sync_bn": sync_bn, "train.precision": "fp32", "train.panels": 0,
-                                    "loss.dc_weight": 0.0}),
+        tiny_overrides(e2e_root, **{"train.precision": "fp32", "train.panels": 0, "loss.dc_weight": 0.0}),
     )  # fmt: skip
     data = build_domain_data(cfg)
     domains = {n: {"num_classes": dd.num_classes, "classes": list(dd.manifest["classes"]),
                    "palette": dd.manifest["palette"]} for n, dd in data.items()}  # fmt: skip
-    results = []
-    for workers, weights in ((2, None), (1, tmp_path / "weights.pt")):
-        trainer = TorchTrainer(
-            _eval_loop,
-            train_loop_config={"experiment": cfg.model_dump(mode="json"), "domains": domains,
-                               "weights": str(weights) if weights else None,
-                               "val_rows": {n: dd.val for n, dd in data.items()}},  # fmt: skip
-            scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
-            run_config=ray.train.RunConfig(name=f"eval{workers}-{sync_bn}", storage_path=str(tmp_path)),
-        )
-        with trainer.fit().checkpoint.as_directory() as d:
-            results.append(json.loads((Path(d) / "metrics.json").read_text()))
-            if weights is None:
-                shutil.copy(Path(d) / "weights.pt", tmp_path / "weights.pt")
-    two, one = results
-    scores = {k: v for k, v in one.items() if k.startswith("val/miou/")}
-    assert scores and all(0.0 <= v <= 1.0 for v in scores.values())
-    assert {k: two[k] for k in scores} == scores
+    val_rows = {n: dd.val for n, dd in data.items()}
+    settings = ["auto", False]
+    trainer = TorchTrainer(
+        _eval_loop,
+        train_loop_config={"experiment": cfg.model_dump(mode="json"), "domains": domains, "sync_bn": settings,
+                           "val_rows": val_rows},  # fmt: skip
+        scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        run_config=ray.train.RunConfig(name="eval2", storage_path=str(tmp_path)),
+    )
+    with trainer.fit().checkpoint.as_directory() as d:
+        two = {s: json.loads((Path(d) / f"metrics-{s}.json").read_text()) for s in settings}
+        weights = {s: torch.load(Path(d) / f"weights-{s}.pt", weights_only=True) for s in settings}
+    for sync_bn in settings:
+        one_cfg = config_from_dict({**cfg.model_dump(mode="json"), "model": {**cfg.model.model_dump(), "sync_bn": sync_bn}})
+        replica = setup_replica(one_cfg, domains, rank=0, world=1, prepare=lambda m, parallel_strategy_kwargs: m)
+        replica.model.load_state_dict(weights[sync_bn])
+        replica.model.eval()
+        one = _evaluate(replica.model, one_cfg, domains, torch.device("cpu"), None, False, 0, 1, 3, None,
+                        val_rows=val_rows)
+        scores = {k: v for k, v in one.items() if k.startswith("val/miou/")}
+        assert scores and all(0.0 <= v <= 1.0 for v in scores.values())
+        assert {k: two[sync_bn][k] for k in scores} == scores, sync_bn
 
 
 COARSE = {  # Cityscapes' 7 categories, as a custom `folder` dataset with its own classes
