@@ -1,11 +1,12 @@
 # `make demo`: set up .venv and train the quickstart config on the built-in synthetic domains.
-# `make test`: set up .venv, run ruff and the whole test suite (slow end-to-end tests included).
+# `make test`: set up .venv, run ruff and the test suite (slow end-to-end tests included) except the tests that
+# start their own `ray start` clusters; `make test-cluster` runs those; CI (.ci/run) runs both.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.raymh-installed
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-cluster test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +27,10 @@ lint: setup
 	$(BIN)/ruff check raymh tests benchmarks
 
 test: lint
-	$(BIN)/python -m pytest -q --durations=12
+	$(BIN)/python -m pytest -q --durations=12 -m "not cluster"
+
+test-cluster: setup
+	$(BIN)/python -m pytest -q --durations=12 -m cluster
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"

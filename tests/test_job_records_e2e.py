@@ -21,7 +21,7 @@ from raymh.train.places import MARKERS
 from tests.conftest import tiny_overrides
 from tests.ray_head import RayHead
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import tiny_overrides
 from tests.ray_head import BIN, RayHead
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 
 @pytest.fixture(scope="module")

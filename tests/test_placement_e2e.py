@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import tiny_overrides
 from tests.ray_head import BIN, RayHead
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 SITE = "raymh.io/site"
 READS = ("raymh-scan", "raymh-read_tables")  # the names raymh.data.site_reads gives its tasks
 DOMAINS = (
