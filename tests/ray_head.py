@@ -33,7 +33,7 @@ def free_port() -> int:
 
 def ray_env(**extra: str) -> dict[str, str]:
     """This environment with the venv's bin first, no RAY_ADDRESS, no Ray auth settings and no records locations
-    (an earlier test's in-process `mlflow.set_tracking_uri` leaves MLFLOW_TRACKING_URI set), plus `extra`."""
+    (MLFLOW_TRACKING_URI, RAYMH_HOME: a head's jobs get only the ones the test gives them), plus `extra`."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0"}
     for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_URI",
                 "RAYMH_HOME"):

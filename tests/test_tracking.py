@@ -1,7 +1,9 @@
 """MLflow tracking: absolute default URI, a run in a temporary store, and nothing lost when unreachable."""
 
 import json
+import os
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from raymh.config import load_config
@@ -50,3 +52,22 @@ def test_unreachable_server_warns_once_and_spools_everything(tmp_path, capsys):
     records = [json.loads(line) for line in spool.read_text().splitlines()]
     assert [r["kind"] for r in records] == ["metrics", "metrics", "end"]
     assert records[1]["metrics"] == {"train/loss": 0.5} and records[1]["step"] == 2
+
+
+@pytest.mark.parametrize("before", [None, "sqlite:////somewhere/else.db"])
+def test_fluent_tracking_uri_leaves_the_processs_variable_as_it_was(before, tmp_path, monkeypatch):
+    """`mlflow.set_tracking_uri` writes MLFLOW_TRACKING_URI; a later run of this process would take it as its
+    default store (resolve_tracking_uri) and subprocesses would inherit it."""
+    import mlflow
+
+    from raymh.train.tracking import fluent_tracking_uri, resolve_tracking_uri
+
+    if before is None:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", before)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with fluent_tracking_uri(uri):
+        assert mlflow.get_tracking_uri() == uri
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before
+    assert resolve_tracking_uri() != uri

@@ -104,12 +104,12 @@ def _from_mlflow(uri: str, tracking_uri: str | None) -> ModelBundle:
 
     from raymh.train.tracking import resolve_tracking_uri
 
-    mlflow.set_tracking_uri(tracking_uri or resolve_tracking_uri())
+    store = tracking_uri or resolve_tracking_uri()  # passed, not set: set_tracking_uri writes os.environ
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=store, registry_uri=store)
     except Exception as e:  # noqa: BLE001 - MLflow raises many kinds; one clear message
         raise FileNotFoundError(
-            f"could not download the MLflow model {uri} from {mlflow.get_tracking_uri()} ({type(e).__name__}: "
+            f"could not download the MLflow model {uri} from {store} ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}); set MLFLOW_TRACKING_URI to the run's tracking store"
         ) from None
     return bundle_from_dir(Path(local) / "artifacts", source=uri)

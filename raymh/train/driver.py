@@ -39,7 +39,7 @@ from raymh.config import (
 from raymh.train import places
 from raymh.train.cluster import init_ray
 from raymh.train.interrupt import create_stop_flag, exit_now, run_interruptible, stop_flag_name
-from raymh.train.tracking import TrackedRun, resolve_tracking_uri
+from raymh.train.tracking import TrackedRun, fluent_tracking_uri, resolve_tracking_uri
 
 RUN_FILES = "raymh"
 
@@ -423,8 +423,7 @@ def _log_model(tracked: TrackedRun, checkpoint_path: str, cfg: ExperimentConfig)
 
     try:
         bundle = bundle_from_checkpoint(checkpoint_path)
-        mlflow.set_tracking_uri(tracked.uri)
-        with mlflow.start_run(run_id=tracked.run_id):
+        with fluent_tracking_uri(tracked.uri), mlflow.start_run(run_id=tracked.run_id):
             log_pyfunc(bundle, registered_model_name=cfg.tracking.register_model)
     except Exception as e:  # noqa: BLE001 - tracking trouble never loses the run: the checkpoint has the weights
         print(f"[raymh] could not log the model to MLflow ({type(e).__name__}: {e}); weights are in {checkpoint_path}",

@@ -9,6 +9,7 @@ local JSONL spool file next to the run, so nothing is lost.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -25,6 +26,24 @@ def resolve_tracking_uri(cfg: ExperimentConfig | None = None) -> str:
     """Config, else MLFLOW_TRACKING_URI, else sqlite:///<abs base>/mlflow.db; relative sqlite/file paths made
     absolute. The base is the current directory, or a stable home in a Ray job (`places.records_base`)."""
     return absolute_tracking_uri((cfg.tracking.tracking_uri if cfg else None) or os.environ.get("MLFLOW_TRACKING_URI"))
+
+
+@contextlib.contextmanager
+def fluent_tracking_uri(uri: str):
+    """MLflow's fluent API (`mlflow.start_run`, model logging) on `uri` for the block, leaving the process's
+    MLFLOW_TRACKING_URI as it was: `mlflow.set_tracking_uri` also writes that variable, which a later run of
+    this process reads as its default store and every subprocess (a `ray start` head, its jobs) inherits."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def absolute_tracking_uri(uri: str | None) -> str:
