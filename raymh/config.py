@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -314,19 +315,26 @@ class ExperimentConfig(_Section):
             )
         return self
 
+    @property
+    def batch_sizes(self) -> dict[str, int]:
+        """The data batch sizes by their keys (global per domain under an elastic worker range)."""
+        return {"data.labeled_batch_size": self.data.labeled_batch_size,
+                "data.unlabeled_batch_size": self.data.unlabeled_batch_size}  # fmt: skip
+
+    def undivided_batches(self, counts: Iterable[int]) -> dict[str, list[int]]:
+        """Each data batch key some of `counts` workers cannot split evenly, with those counts (empty: all can)."""
+        bad = {k: [n for n in counts if b % n] for k, b in self.batch_sizes.items()}
+        return {k: v for k, v in bad.items() if v}
+
     @model_validator(mode="after")
     def _elastic_batches_divide(self) -> ExperimentConfig:
-        lo, hi = self.scaling.worker_range
         if not self.scaling.elastic:
             return self
-        batches = {"data.labeled_batch_size": self.data.labeled_batch_size,
-                   "data.unlabeled_batch_size": self.data.unlabeled_batch_size}  # fmt: skip
-        bad = {k: [n for n in range(lo, hi + 1) if b % n] for k, b in batches.items()}
-        bad = {k: v for k, v in bad.items() if v}
-        if bad:
-            what = "; ".join(f"{k}={batches[k]} is not divisible by {', '.join(map(str, v))} worker(s)"
+        lo, hi = self.scaling.worker_range
+        if bad := self.undivided_batches(range(lo, hi + 1)):
+            what = "; ".join(f"{k}={self.batch_sizes[k]} is not divisible by {', '.join(map(str, v))} worker(s)"
                              for k, v in bad.items())  # fmt: skip
-            fits = [n for n in range(lo, hi + 1) if all(b % n == 0 for b in batches.values())]
+            fits = [n for n in range(lo, hi + 1) if not self.undivided_batches([n])]
             raise ValueError(
                 f"scaling.num_workers={[lo, hi]} is elastic, so the data batch sizes are global batches per domain "
                 f"split evenly over the workers: {what}. Use batch sizes that every count from {lo} to {hi} "

@@ -216,9 +216,8 @@ def _fitting_overrides(cfg: ExperimentConfig, total: dict, nodes: list[dict]) ->
     use_gpu = s.use_gpu and float(total.get("GPU", 0)) >= s.gpus_per_worker
     gpus = s.gpus_per_worker if use_gpu else 0.0
     lo, hi = s.worker_range
-    batches = (cfg.data.labeled_batch_size, cfg.data.unlabeled_batch_size)
     for workers in range(lo, 0, -1):
-        if s.elastic and any(b % n for b in batches for n in range(workers, lo)):
+        if s.elastic and cfg.undivided_batches(range(workers, lo)):
             continue  # an elastic range must stay one whose every count divides the global batches
         for cpus in range(s.cpus_per_worker, 0, -1):
             if _fits(workers, cpus, gpus, data, total, nodes):
