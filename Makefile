@@ -27,13 +27,13 @@ lint: setup
 	$(BIN)/ruff check raymh tests benchmarks
 
 test: lint
-	$(BIN)/python -m pytest -q --durations=12 -m "not cluster"
+	$(BIN)/python -X faulthandler -m pytest -q --durations=12 -m "not cluster"
 
 test-cluster: setup
-	$(BIN)/python -m pytest -q --durations=12 -m cluster
+	$(BIN)/python -X faulthandler -m pytest -q --durations=12 -m cluster
 
 test-fast: lint
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -X faulthandler -m pytest -q -m "not slow"
 
 bench: setup
 	$(BIN)/python benchmarks/bench_dcloss.py
