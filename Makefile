@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.raymh-installed
+# -X faulthandler: a crash anywhere in the test process prints its native stack
+PYTEST := $(BIN)/python -X faulthandler -m pytest
 
 .PHONY: setup demo test test-cluster test-fast lint bench clean
 
@@ -27,13 +29,13 @@ lint: setup
 	$(BIN)/ruff check raymh tests benchmarks
 
 test: lint
-	$(BIN)/python -X faulthandler -m pytest -q --durations=12 -m "not cluster"
+	$(PYTEST) -q --durations=12 -m "not cluster"
 
 test-cluster: setup
-	$(BIN)/python -X faulthandler -m pytest -q --durations=12 -m cluster
+	$(PYTEST) -q --durations=12 -m cluster
 
 test-fast: lint
-	$(BIN)/python -X faulthandler -m pytest -q -m "not slow"
+	$(PYTEST) -q -m "not slow"
 
 bench: setup
 	$(BIN)/python benchmarks/bench_dcloss.py
