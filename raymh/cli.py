@@ -169,15 +169,19 @@ def reproduce(table, config, seeds, first_seed, render_seed, fractions, full, ov
 
 
 @main.command()
-@click.option("--run", "run_id", required=True, help="the MLflow parent run id that `raymh reproduce` printed")
+@click.option(
+    "--run", "run_ids", required=True, multiple=True,
+    help="the MLflow parent run id that `raymh reproduce` printed; repeat it to combine grids of the same table "
+    "(other fractions or seeds) into one table",
+)  # fmt: skip
 @click.option("--tracking-uri", default=None, help="MLflow store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="where to write (default ./evidence-<id>)")
-def report(run_id, tracking_uri, out) -> None:
+def report(run_ids, tracking_uri, out) -> None:
     """Rebuild a `raymh reproduce` table and its figures from MLflow alone."""
     from raymh.evidence.report import report as build_report
     from raymh.train.tracking import resolve_tracking_uri
 
-    build_report(run_id, uri=tracking_uri or resolve_tracking_uri(None), out=out)
+    build_report(list(run_ids), uri=tracking_uri or resolve_tracking_uri(None), out=out)
 
 
 TRACKING_HELP = "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)"

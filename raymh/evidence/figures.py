@@ -104,8 +104,8 @@ def qualitative(
 
 def diagnostics(curves: Mapping[str, Mapping[str, Mapping[str, Sequence[tuple[int, float]]]]], path: Path) -> Path | None:
     """curves: {series (e.g. 'semi@1/8'): {diagnostic: {domain: [(step, value averaged over seeds)]}}}."""
-    names = [k for k in DIAGNOSTICS if any(k in c for c in curves.values())]
-    if not names:
+    names = [k for k in DIAGNOSTICS if any(points for c in curves.values() for points in c.get(k, {}).values())]
+    if not names:  # runs without diagnostics (a store written by hand, or DCLoss that never started): no figure
         return None
     plt = _plt()
     fig, axes = plt.subplots(len(names), 1, figsize=(7, 2.1 * len(names)), squeeze=False)

@@ -1,5 +1,8 @@
 """`raymh report`: rebuild an evidence table and its figures from MLflow alone (no training, no data).
 
+Several parent runs of the same table and config combine into one table (`--run A --run B`): a grid at 1/8
+and a later one at 1/4 with the full row, or more seeds of the same cells. Each cell and seed is taken once.
+
 A `raymh reproduce` parent run records which table it ran (params `table`, `domains`, `fractions`, `full`);
 its child runs carry their trial in tags (`raymh.setting`, `raymh.fraction`, `raymh.seed`,
 `raymh.cell_domain`) and their final val mIoU per domain as the last value of `val/miou/<domain>`. The
@@ -10,12 +13,22 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raymh.errors import InputError
 from raymh.evidence import figures, render
-from raymh.evidence.tables import RunRecord, TableSpec, TableValues, Trial, table_spec, table_values
+from raymh.evidence.tables import (
+    RunRecord,
+    TableSpec,
+    TableValues,
+    Trial,
+    parse_fraction,
+    table_spec,
+    table_values,
+)
 
 
 @dataclass
@@ -28,6 +41,7 @@ class Evidence:
     parent_run_id: str
     uri: str
     failed_trials: int = 0  # runs of the grid that did not finish (`raymh reproduce` sets it; they are left out)
+    parent_run_ids: list[str] = field(default_factory=list)  # every grid combined into the table (report --run A --run B)
 
 
 def _client(uri: str):
@@ -36,11 +50,9 @@ def _client(uri: str):
     return MlflowClient(uri)
 
 
-def load_evidence(uri: str, parent_run_id: str) -> Evidence:
-    """The parent run's table, from its params and its FINISHED children; errors name the run and the fix."""
+def _parent_run(client, uri: str, parent_run_id: str):
     from mlflow.exceptions import MlflowException
 
-    client = _client(uri)
     try:
         parent = client.get_run(parent_run_id)
     except MlflowException as e:
@@ -48,29 +60,103 @@ def load_evidence(uri: str, parent_run_id: str) -> Evidence:
             f"MLflow run {parent_run_id!r} not found in {uri} ({e.message.splitlines()[0]}); pass the parent run id "
             "that `raymh reproduce` printed, and --tracking-uri if the store is not ./mlflow.db"
         ) from None
-    params = parent.data.params
-    if "table" not in params:
+    if "table" not in parent.data.params:
         raise FileNotFoundError(f"MLflow run {parent_run_id} is not a `raymh reproduce` parent run (no `table` param)")
+    return parent
+
+
+# What must agree between grids combined into one table; seeds, fractions and the full row may differ.
+SAME_GRID_PARAMS = ("table", "domains", "config", "render_seed", "overrides")
+
+
+def _base_config(uri: str, run_id: str) -> dict[str, Any] | None:
+    """The parent's `config/base_config.yaml` as {dotted key: value}, or None when the run has none."""
+    import mlflow
+    import yaml
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="config/base_config.yaml", dst_path=tmp, tracking_uri=uri
+            )
+            raw = yaml.safe_load(Path(path).read_text())
+    except Exception:  # noqa: BLE001 - a parent without the artifact is compared by its params alone
+        return None
+
+    def flat(value: Any, prefix: str) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return {k: v for key, sub in value.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+        if isinstance(value, list) and value and all(isinstance(x, dict) and "name" in x for x in value):
+            return {k: v for x in value for k, v in flat(x, f"{prefix}{x['name']}.").items()}
+        return {prefix.rstrip("."): value}
+
+    return flat(raw, "")
+
+
+def _check_same_grid(uri: str, parents) -> None:
+    """Grids combine into one table only when they ran the same table on the same config. Keys that only one
+    of the base configs has (a setting added by a later raymh version, at its default) are not compared."""
+    first = parents[0]
+    for other in parents[1:]:
+        for key in SAME_GRID_PARAMS:
+            a, b = first.data.params.get(key), other.data.params.get(key)
+            if a != b:
+                raise InputError(
+                    f"runs {first.info.run_id} and {other.info.run_id} differ in {key} ({a!r} vs {b!r}): only grids of "
+                    "the same table, domains, config and overrides combine into one table; report them separately"
+                )
+        configs = _base_config(uri, first.info.run_id), _base_config(uri, other.info.run_id)
+        if None in configs:
+            continue
+        differ = [k for k in configs[0] if k in configs[1] and configs[0][k] != configs[1][k]]
+        if differ:
+            shown = ", ".join(f"{k}: {configs[0][k]!r} vs {configs[1][k]!r}" for k in differ[:3])
+            raise InputError(
+                f"runs {first.info.run_id} and {other.info.run_id} trained different base configs "
+                f"(config/base_config.yaml: {shown}); report them separately"
+            )
+
+
+def load_evidence(uri: str, parent_run_id: str | Sequence[str]) -> Evidence:
+    """The table of one parent run, or of several grids of the same table combined (for instance 1/8 from one
+    sweep and 1/4 + full from another), from their FINISHED children; errors name the run and the fix."""
+    ids = [parent_run_id] if isinstance(parent_run_id, str) else list(dict.fromkeys(parent_run_id))
+    if not ids:
+        raise InputError("no parent run given: pass the run id that `raymh reproduce` printed")
+    client = _client(uri)
+    parents = [_parent_run(client, uri, i) for i in ids]
+    _check_same_grid(uri, parents)
+    params = parents[0].data.params
+    fractions = sorted({f for p in parents for f in p.data.params["fractions"].split(",")}, key=parse_fraction)
     spec = table_spec(
-        params["table"], domains=params["domains"].split(","), fractions=params["fractions"].split(","),
-        full=params.get("full", "True") == "True",
+        params["table"], domains=params["domains"].split(","), fractions=fractions,
+        full=any(p.data.params.get("full", "True") == "True" for p in parents),
     )  # fmt: skip
-    children = client.search_runs(
-        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000
-    )
-    records, skipped = [], []
-    for run in children:
-        tags = run.data.tags
-        if "raymh.setting" not in tags:
-            continue
-        if run.info.status != "FINISHED":
-            skipped.append(f"{run.info.run_name} ({run.info.status})")
-            continue
-        miou = {d: run.data.metrics[f"val/miou/{d}"] for d in spec.domains if f"val/miou/{d}" in run.data.metrics}
-        records.append(RunRecord(Trial.from_tags(tags), miou, run.info.run_id, run.info.status))
+    records, skipped, seen = [], [], {}
+    for parent in parents:
+        pid = parent.info.run_id
+        children = client.search_runs(
+            [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{pid}'", max_results=5000
+        )
+        for run in children:
+            tags = run.data.tags
+            if "raymh.setting" not in tags:
+                continue
+            if run.info.status != "FINISHED":
+                skipped.append(f"{run.info.run_name} ({run.info.status})")
+                continue
+            trial = Trial.from_tags(tags)
+            if trial in seen and seen[trial] != pid:
+                raise InputError(
+                    f"{trial.cell} seed {trial.seed} ran in both parent runs {seen[trial]} and {pid}: a combined table "
+                    "takes each cell and seed once; report them separately, or combine grids of other seeds or fractions"
+                )
+            seen[trial] = pid
+            miou = {d: run.data.metrics[f"val/miou/{d}"] for d in spec.domains if f"val/miou/{d}" in run.data.metrics}
+            records.append(RunRecord(trial, miou, run.info.run_id, run.info.status))
     if skipped:
         print(f"[raymh] left out {len(skipped)} unfinished run(s): {', '.join(sorted(skipped))}", file=sys.stderr)
-    return Evidence(spec, table_values(spec, records), records, parent_run_id, uri)
+    return Evidence(spec, table_values(spec, records), records, ids[0], uri, parent_run_ids=ids)
 
 
 def _download(uri: str, run_id: str, path: str, dst: Path) -> Path | None:
@@ -147,11 +233,14 @@ def write_outputs(ev: Evidence, out: Path) -> dict[str, Path]:
     return files
 
 
-def report(parent_run_id: str, *, uri: str, out: str | Path | None = None) -> Evidence:
-    """`raymh report`: print the table and write its files (default ./evidence-<run id prefix>)."""
-    ev = load_evidence(uri, parent_run_id)
+def report(parent_run_ids: str | Sequence[str], *, uri: str, out: str | Path | None = None) -> Evidence:
+    """`raymh report`: print the table of one or more combined grids and write its files (default
+    ./evidence-<run id prefixes>)."""
+    ev = load_evidence(uri, parent_run_ids)
+    if len(ev.parent_run_ids) > 1:
+        print(f"[raymh] one table from {len(ev.parent_run_ids)} grids: {', '.join(ev.parent_run_ids)}", flush=True)
     print(render.format_text(ev.values), flush=True)
-    target = Path(out) if out else Path(f"evidence-{parent_run_id[:8]}")
+    target = Path(out) if out else Path("evidence-" + "-".join(i[:8] for i in ev.parent_run_ids))
     files = write_outputs(ev, target)
     print(f"[raymh] wrote {', '.join(sorted(files))} to {target}", flush=True)
     return ev
