@@ -6,8 +6,11 @@ Renders (the synthetic renderer draws at any size) or reuses images at a real da
 recipe: per step one labeled batch (scale 0.5-2.0, 720x720 crop, flip) and one batch of overlapping
 unlabeled crop pairs (scale 0.8-2.0, flips, photometric augmentation).
 
-- ray: `build_domain_data(transforms_on="ray_data")` + `StepBatches`, decode and augmentation in Ray Data
-  `map_batches` tasks (the paper preset's mode) on a local Ray of `--cpus` CPUs.
+- ray, `--mode tasks` (default): `build_domain_data(transforms_on="tasks")` + `StepBatches`: the encoded
+  rows cached in the object store, each batch decoded and augmented by a plain Ray task, two in flight per
+  set (`raymh.data.task_decode`), on a local Ray of `--cpus` CPUs.
+- ray, `--mode ray_data`: `transforms_on="ray_data"`, decode and augmentation in Ray Data `map_batches`
+  tasks. `--mode both` measures both; the last line is the first mode's.
 - torch: one DataLoader per set, `--cpus` worker processes in all, each item through the very same
   functions (`labeled_batch` / `unlabeled_batch` on one row).
 
@@ -16,7 +19,8 @@ starting the pipelines; torch: reading the rows, starting its workers); Ray's ow
 Steady state: samples/s over `--steps` further steps (epochs roll over as in training). A sample is one
 labeled image or one unlabeled crop pair. Nothing trains: this is the rate the input can be delivered at.
 
-    python benchmarks/bench_data.py --size cityscapes [--images 16] [--cpus 2] [--steps 8] [--work DIR]
+    python benchmarks/bench_data.py --size cityscapes [--mode tasks|ray_data|both] [--images 16] [--cpus 2]
+        [--steps 8] [--repeats 1] [--work DIR]
 
 Last line: `data: size=<s> ray_vs_torch=<r> first_batch_ratio=<q>` (r: Ray's steady samples/s over the
 DataLoader's, target >= 1.0; q: Ray's first-batch seconds over the DataLoader's, target <= 2.0).
@@ -36,7 +40,8 @@ import torch
 
 from raymh.data.batch_transforms import labeled_batch, unlabeled_batch
 from raymh.data.driver_datasets import build_domain_data
-from raymh.data.worker_batches import StepBatches
+from raymh.data.task_decode import task_shards
+from raymh.data.worker_batches import StepBatches, train_shards
 
 SIZES = {  # (H, W), encoding of the real dataset's images
     "cityscapes": ((1024, 2048), "PNG"),
@@ -128,47 +133,63 @@ def timed(make_steps, *, steps: int, batch_size: int) -> dict[str, float]:
     return {"first_s": first, "samples_s": 2 * batch_size * steps / steady}
 
 
+def ray_steps_factory(prepared: Path, *, mode: str, batch_size: int, built: dict):
+    """make_steps for `timed`: build the domain's sets in `mode` (timed: part of the first batch), then step."""
+
+    def make():
+        built["dd"] = dd = build_domain_data(
+            prepared, domain="bench", crop_size=CROP, scale_range=SCALES, unlabeled_scale_range=UNLABELED_SCALES,
+            min_rows=batch_size, transforms_on=mode,
+        )  # fmt: skip
+        if mode == "tasks":
+            wrap = task_shards(crop_size=CROP, scale_range=SCALES, unlabeled_scale_range=UNLABELED_SCALES, seed=0)
+            get_shard = train_shards(dd.row_blocks(), seed=0, rank=0, world_size=1, wrap=wrap)
+        else:
+            get_shard = {k: v for k, v in dd.datasets().items() if not k.endswith(".val")}.get
+        return StepBatches(["bench"], labeled_batch_size=batch_size, unlabeled_batch_size=batch_size, get_shard=get_shard)
+
+    return make
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=sorted(SIZES), required=True, help="whose image size and encoding")
+    p.add_argument("--mode", choices=("tasks", "ray_data", "both"), default="tasks", help="raymh's Ray input path")
     p.add_argument("--images", type=int, default=16, help="train images to render (reused under --work)")
-    p.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs for Ray Data tasks / DataLoader workers")
+    p.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs for Ray tasks / DataLoader workers")
     p.add_argument("--steps", type=int, default=8, help="steps timed after the first")
     p.add_argument("--batch-size", type=int, default=2, help="labeled and unlabeled batch size (the paper's 2)")
+    p.add_argument("--repeats", type=int, default=1, help="alternate ray and torch this many times; medians")
     p.add_argument("--work", type=Path, default=None, help="folder to render into and reuse (default: a temporary one)")
     args = p.parse_args()
+    modes = ["tasks", "ray_data"] if args.mode == "both" else [args.mode]
 
     import ray
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    results: dict[str, list[dict[str, float]]] = {m: [] for m in [*modes, "torch"]}
     with tempfile.TemporaryDirectory() as tmp:
         prepared = prepared_at_size(args.size, images=args.images, val_images=2, work=args.work or Path(tmp))
-
-        def build():
-            return build_domain_data(prepared, domain="bench", crop_size=CROP, scale_range=SCALES,
-                                     unlabeled_scale_range=UNLABELED_SCALES, min_rows=args.batch_size,
-                                     transforms_on="ray_data")  # fmt: skip
-
-        built = {}
-
-        def ray_steps():
-            built["dd"] = dd = build()
-            shards = {k: v for k, v in dd.datasets().items() if not k.endswith(".val")}
-            return StepBatches(["bench"], labeled_batch_size=args.batch_size, unlabeled_batch_size=args.batch_size,
-                               get_shard=shards.get)  # fmt: skip
-
-        ray_r = timed(ray_steps, steps=args.steps, batch_size=args.batch_size)
-        dd = built["dd"]
-        torch_r = timed(lambda: torch_steps(prepared, dd, batch_size=args.batch_size, cpus=args.cpus),
-                        steps=args.steps, batch_size=args.batch_size)  # fmt: skip
+        built: dict = {}
+        for _ in range(args.repeats):  # interleaved, so a noisy machine slows every path alike
+            for mode in modes:
+                make = ray_steps_factory(prepared, mode=mode, batch_size=args.batch_size, built=built)
+                results[mode].append(timed(make, steps=args.steps, batch_size=args.batch_size))
+            dd = built["dd"]
+            results["torch"].append(timed(lambda dd=dd: torch_steps(prepared, dd, batch_size=args.batch_size, cpus=args.cpus),
+                                          steps=args.steps, batch_size=args.batch_size))  # fmt: skip
     ray.shutdown()
+    med = {k: {m: float(np.median([r[m] for r in rs])) for m in ("first_s", "samples_s")} for k, rs in results.items()}
     (h, w), enc = SIZES[args.size]
     print(f"setup: {args.size} {h}x{w} {enc}, {len(dd.labeled_ids)} labeled + {len(dd.unlabeled_ids)} unlabeled images, "
-          f"crop {CROP}, batch {args.batch_size} + {args.batch_size} pairs per step, cpus={args.cpus}, steps={args.steps}")
-    for name, r in (("ray", ray_r), ("torch", torch_r)):
-        print(f"{name:>5}: first batch {r['first_s']:.2f} s, steady {r['samples_s']:.2f} samples/s", flush=True)
-    print(f"data: size={args.size} ray_vs_torch={ray_r['samples_s'] / torch_r['samples_s']:.3f} "
-          f"first_batch_ratio={ray_r['first_s'] / torch_r['first_s']:.3f}")
+          f"crop {CROP}, batch {args.batch_size} + {args.batch_size} pairs per step, cpus={args.cpus}, steps={args.steps}, "
+          f"medians of {args.repeats}")  # fmt: skip
+    for name, r in med.items():
+        print(f"{name:>8}: first batch {r['first_s']:.2f} s, steady {r['samples_s']:.2f} samples/s", flush=True)
+    for mode in reversed(modes):  # the last line is the first (default) mode's
+        tag = "" if mode == modes[0] else f" mode={mode}"
+        print(f"data: size={args.size}{tag} ray_vs_torch={med[mode]['samples_s'] / med['torch']['samples_s']:.3f} "
+              f"first_batch_ratio={med[mode]['first_s'] / med['torch']['first_s']:.3f}")
 
 
 if __name__ == "__main__":

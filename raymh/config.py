@@ -139,10 +139,14 @@ class DataConfig(_Section):
     scale_range: tuple[float, float] = Field((0.5, 2.0), description="labeled random scale range")
     unlabeled_scale_range: tuple[float, float] = Field((0.8, 2.0), description="crop-pair scale range")
     val_size: tuple[int, int] | None = Field(None, description="resize val images to (H, W); None: as they are")
-    transforms_on: Literal["ray_data", "worker"] = Field(
+    transforms_on: Literal["ray_data", "worker", "tasks"] = Field(
         "ray_data",
         description="where train batches are decoded and augmented: Ray Data CPU tasks (scales out to the "
-        "cluster's CPUs), or the train worker itself between steps (no extra processes; fastest on a few cores)",
+        "cluster's CPUs), the train worker itself between steps (no extra processes), or plain Ray tasks the "
+        "worker keeps running beside its step (no Ray Data executor to start; the encoded rows are cached)",
+    )
+    tasks_in_flight: int = Field(
+        2, ge=1, description="transforms_on: tasks: decode tasks each worker keeps running per set"
     )
     cache_dir: str = Field("~/.cache/raymh", description="where synthetic and auto-prepared data are cached")
     synthetic: SynthConfig | None = Field(None, description="render the built-in synthetic domains")
@@ -198,7 +202,7 @@ class ScalingConfig(_Section):
     use_gpu: bool = Field(False, description="one or more GPUs per worker")
     gpus_per_worker: float = Field(1.0, gt=0, description="GPUs per worker when use_gpu")
     cpus_per_worker: int = Field(2, ge=1, description="CPUs per worker; torch threads match it")
-    data_cpus: float | None = Field(None, gt=0, description="CPUs per Ray Data decode/augment task (None: 1)")
+    data_cpus: float | None = Field(None, gt=0, description="CPUs per decode/augment task (Ray Data or data.transforms_on: tasks; None: 1)")
     placement: Literal["none", "by_domain"] = Field(
         "none",
         description="by_domain: each worker serves one domain on nodes matching that domain's `placement` "

@@ -289,8 +289,68 @@ def test_worker_transforms_mode_yields_encoded_rows_and_seeded_batches(ray_sessi
     assert any((x["labeled"]["image"] != z["labeled"]["image"]).any() for x, z in zip(a, c, strict=True))
 
 
+def test_tasks_mode_decodes_the_worker_modes_rows_in_ray_tasks_with_seeded_batches(ray_session, prepared):
+    """transforms_on="tasks": the same RowBlocks and per-epoch row order as the worker mode, each batch
+    decoded by a Ray task; batch b of epoch e is augmented from (stream seed, set, e, b), so the batches do
+    not depend on which task finished first, and a resumed shard continues with the very same batches."""
+    from raymh.data.row_blocks import name_salt
+    from raymh.data.task_decode import decode_rows, task_shards
+
+    dd = _build(prepared, min_rows=4, cache_encoded=True, transforms_on="tasks", shuffle=True)
+    assert not dd.datasets() and set(dd.row_blocks()) == {"toy.labeled", "toy.unlabeled"}
+    kw = {"crop_size": CROP, "scale_range": (0.5, 1.5), "unlabeled_scale_range": (0.8, 1.2)}
+    rows = dd.unlabeled
+    per_epoch = rows.num_rows // 2  # batches of 2 on one rank
+
+    def batches(seed, *, epochs=2, consumed=0, in_flight=2):
+        wrap = task_shards(**kw, seed=seed, in_flight=in_flight)
+        shard = train_shards(dd.row_blocks(), seed=0, rank=0, world_size=1, wrap=wrap,
+                             consumed_batches={"unlabeled": consumed})("toy.unlabeled")  # fmt: skip
+        return [b for _ in range(epochs) for b in shard.iter_epoch(batch_size=2)]
+
+    a, b, c = batches(7), batches(7, in_flight=1), batches(8)
+    assert len(a) == 2 * per_epoch
+    reader = rows.shard(seed=0, rank=0, world_size=1)
+    order = [[str(i) for i in rows.take(pos)["id"]] for _ in range(2) for pos in reader.next_epoch(batch_size=2)[2]]
+    assert [list(x["id"]) for x in a] == order  # the worker mode's rows, in its order, across the epoch end
+    for e, i in ((0, 0), (1, per_epoch - 1)):  # one batch computed here, from its rows and its seed
+        k = e * per_epoch + i
+        want = decode_rows(rows, rows.epoch_share(e, seed=0, rank=0, world_size=1)[2 * i : 2 * i + 2], "unlabeled",
+                           {"crop_size": CROP, "scale_range": (0.8, 1.2)}, [7, name_salt("toy.unlabeled"), e, i])  # fmt: skip
+        for key in ("image1", "image2", "box1", "box2", "flip1"):
+            assert np.array_equal(a[k][key], want[key]), (k, key)
+    for x, y in zip(a, b, strict=True):  # one task at a time or two: the same batches
+        assert np.array_equal(x["image1"], y["image1"]) and np.array_equal(x["box2"], y["box2"])
+    assert any(not np.array_equal(x["box1"], z["box1"]) for x, z in zip(a, c, strict=True))  # the seed matters
+    resumed = batches(7, epochs=1, consumed=per_epoch + 1)  # after the first epoch and one batch of the second
+    assert len(resumed) == per_epoch - 1
+    for x, y in zip(resumed, a[per_epoch + 1 :], strict=True):
+        assert list(x["id"]) == list(y["id"]) and np.array_equal(x["image2"], y["image2"])
+
+
+def test_tasks_mode_steps_and_placed_domains_tasks_carry_their_selector(ray_session, prepared):
+    from raymh.data.task_decode import TaskShard, task_shards
+
+    dd = _build(prepared, min_rows=4, cache_encoded=True, transforms_on="tasks")
+    wrap = task_shards(crop_size=CROP, scale_range=(0.5, 1.5), unlabeled_scale_range=(0.8, 1.2), seed=0)
+    steps = StepBatches(["toy"], labeled_batch_size=2, unlabeled_batch_size=2, keep_ids=True,
+                        get_shard=train_shards(dd.row_blocks(), seed=0, rank=0, world_size=1, wrap=wrap))  # fmt: skip
+    first = next(steps)["toy"]
+    assert tuple(first["labeled"]["image"].shape) == (2, 3, *CROP) and str(first["labeled"]["label"].dtype) == "torch.int64"
+    assert tuple(first["unlabeled"]["image1"].shape) == (2, 3, *CROP) and set(first["labeled"]["id"]) <= set(dd.labeled_ids)
+    assert "unlabeled" not in steps.next_batch(unlabeled=False)["toy"]
+    steps.close()
+    placed = task_shards(crop_size=CROP, scale_range=(0.5, 1.5), unlabeled_scale_range=(0.8, 1.2), seed=0,
+                         selectors={"toy": {"raymh.io/site": "a"}})  # fmt: skip
+    shard = placed("toy.labeled", dd.labeled.shard(seed=0, rank=0, world_size=1))
+    assert isinstance(shard, TaskShard) and shard.part == "labeled"
+    assert shard._options["label_selector"] == {"raymh.io/site": "a"}
+    with pytest.raises(ValueError, match="cache_encoded=True"):
+        _build(prepared, transforms_on="tasks", cache_encoded=False)
+
+
 def test_transforms_on_is_checked(prepared):
-    with pytest.raises(ValueError, match="transforms_on must be 'ray_data' or 'worker'"):
+    with pytest.raises(ValueError, match="transforms_on must be 'ray_data', 'worker' or 'tasks'"):
         _build(prepared, transforms_on="gpu")
     with pytest.raises(ValueError, match="transforms needs 'labeled' and 'unlabeled'"):
         StepBatches(["toy"], labeled_batch_size=1, unlabeled_batch_size=1, get_shard={}.get,

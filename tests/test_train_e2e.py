@@ -25,6 +25,12 @@ def _history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
 
 
+def ray_local_address() -> str:
+    import ray
+
+    return ray.get_runtime_context().gcs_address  # this session's Ray, even beside other local clusters
+
+
 def _checkpoint_steps(run_dir: Path) -> list[int]:
     steps = []
     for path in run_dir.glob("checkpoint_*/metrics.json"):
@@ -65,13 +71,21 @@ def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list, min_step:
 
 
 def test_two_workers_lower_the_loss_and_log_to_mlflow(ray_local, e2e_root):
+    # decoded by Ray tasks beside the workers (data.transforms_on: tasks; the other runs here decode in the
+    # worker, one in Ray Data's tasks)
     cfg = load_config(
         "quickstart",
         tiny_overrides(e2e_root, **{"scaling.num_workers": 2, "train.iters": 12, "train.eval_every": 6,
-                                    "loss.dc_weight": 0.1, "optim.lr": 0.002, "tracking.log_model": True}),
+                                    "loss.dc_weight": 0.1, "optim.lr": 0.002, "tracking.log_model": True,
+                                    "data.transforms_on": "tasks"}),
     )  # fmt: skip
     out = fit(cfg)
     assert out.ok, out.error
+    from ray.util.state import list_tasks
+
+    decoded = list_tasks(address=ray_local_address(), filters=[("name", "=", "raymh-decode:synscapes.unlabeled")],
+                         limit=1000, timeout=60)  # fmt: skip
+    assert any(t.state == "FINISHED" for t in decoded), decoded  # (tasks still in flight at the end are dropped)
     uri, client = cfg.tracking.tracking_uri, MlflowClient(cfg.tracking.tracking_uri)
     run = client.get_run(out.mlflow_run_id)
     assert run.info.status == "FINISHED"

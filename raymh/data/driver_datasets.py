@@ -98,7 +98,9 @@ def _train_set(
         logger.info(
             "%s: %d rows repeated %d times to reach %d rows per epoch", what, len(ids), repeat, min_rows
         )
-    if transforms_on == "worker" and cache_encoded:
+    if transforms_on == "tasks" and not cache_encoded:
+        raise ValueError(f"{what}: transforms_on='tasks' decodes cached rows; it needs cache_encoded=True")
+    if transforms_on in ("worker", "tasks") and cache_encoded:
         return _cached_rows(files, ids, columns=columns, repeat=repeat, name=what, shuffle=shuffle, site=site)
     ds = ray.data.read_parquet(files)
     if site is not None:  # every task of this Dataset (read, decode, shuffle) on the domain's nodes
@@ -155,10 +157,10 @@ def build_domain_data(
     cache_encoded: read the train split's encoded rows once into the object store (now, at build time),
     so epoch restarts skip listing and reading files (here 1.7 s vs 7.5 s to a first step); costs object
     store memory of the encoded train split, once (Ray spills it to disk when short).
-    transforms_on: "ray_data" (train sets yield decoded, augmented batches from Ray Data CPU tasks) or
+    transforms_on: "ray_data" (train sets yield decoded, augmented batches from Ray Data CPU tasks),
     "worker" (train sets are RowBlocks of encoded rows when cached; the train worker decodes and augments
-    them with `batch_transforms.train_transforms`: no Ray Data tasks while training, the fastest choice on
-    a few cores).
+    them with `batch_transforms.train_transforms`: no Ray Data tasks while training) or "tasks" (the same
+    RowBlocks, decoded by plain Ray tasks each worker keeps running, `raymh.data.task_decode`).
     The val set is `ValRows`, the val split's Parquet files: nothing is read, decoded or put in the
     object store here; each evaluating rank streams the files and decodes its own rows only (`val_batches`).
     site: the domain's node-label selector under placement by domain: every read of its files runs on its
@@ -177,8 +179,8 @@ def build_domain_data(
     crop_u = check_crop(unlabeled_crop_size or crop, "unlabeled_crop_size")
     if min_rows < 1:
         raise ValueError(f"min_rows must be >= 1 (batch_size * num_workers), got {min_rows}")
-    if transforms_on not in ("ray_data", "worker"):
-        raise ValueError(f"transforms_on must be 'ray_data' or 'worker', got {transforms_on!r}")
+    if transforms_on not in ("ray_data", "worker", "tasks"):
+        raise ValueError(f"transforms_on must be 'ray_data', 'worker' or 'tasks', got {transforms_on!r}")
 
     train_ids, with_label, val_ids = found["train_ids"], found["with_label"], found["val_ids"]
     if not with_label:

@@ -24,7 +24,8 @@ import pyarrow as pa
 COLUMNS = ("id", "image", "label")
 
 
-def _salt(name: str) -> int:
+def name_salt(name: str) -> int:
+    """A stable 64-bit number of a set's name, to seed its streams apart from other sets'."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
 
 
@@ -63,7 +64,7 @@ class RowBlocks:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         m = self.num_rows
         order = (
-            np.random.default_rng([seed % 2**63, _salt(self.name), epoch]).permutation(m)
+            np.random.default_rng([seed % 2**63, name_salt(self.name), epoch]).permutation(m)
             if self.shuffle
             else np.arange(m)
         )
@@ -101,8 +102,10 @@ class RowShard:
         self._consumed = consumed_batches
         self._epoch: int | None = None
 
-    def iter_epoch(self, *, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        """The next epoch's full batches (drop_last) of this rank's share."""
+    def next_epoch(self, *, batch_size: int) -> tuple[int, int, list[np.ndarray]]:
+        """(epoch, first, batches): the next epoch's number and the row positions of its full batches
+        (drop_last) in this rank's share from batch `first` on (0 but for the first call after a resume,
+        which skips the batches already consumed)."""
         share_rows = self.rows.num_rows // self.world_size
         per_epoch = share_rows // batch_size
         if per_epoch == 0:
@@ -115,8 +118,13 @@ class RowShard:
             self._epoch, skip = divmod(self._consumed, per_epoch)
         epoch, self._epoch = self._epoch, self._epoch + 1
         share = self.rows.epoch_share(epoch, seed=self.seed, rank=self.rank, world_size=self.world_size)
-        for b in range(skip, per_epoch):
-            yield self.rows.take(share[b * batch_size : (b + 1) * batch_size])
+        return epoch, skip, [share[b * batch_size : (b + 1) * batch_size] for b in range(skip, per_epoch)]
+
+    def iter_epoch(self, *, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """The next epoch's full batches (drop_last) of this rank's share, encoded."""
+        _, _, batches = self.next_epoch(batch_size=batch_size)
+        for positions in batches:
+            yield self.rows.take(positions)
 
 
 def put_rows(name: str, tables: Sequence[pa.Table], *, repeat: int = 1, shuffle: bool = True) -> RowBlocks:

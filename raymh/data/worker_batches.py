@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from raymh.data.batch_transforms import val_batch
-from raymh.data.row_blocks import RowBlocks
+from raymh.data.row_blocks import RowBlocks, RowShard
 from raymh.data.sets import dataset_name
 from raymh.data.val_rows import ValRows
 
@@ -284,9 +284,11 @@ def train_shards(
     world_size: int,
     consumed_batches: Mapping[str, int] | None = None,
     get_shard: Callable[[str], Any] | None = None,
+    wrap: Callable[[str, RowShard], Any] | None = None,
 ) -> Callable[[str], Any]:
     """StepBatches' get_shard in a train worker: this rank's `RowShard` of a set the driver put in the object
-    store (data.transforms_on: worker), else Ray Train's shard of the Dataset.
+    store (data.transforms_on: worker or tasks), else Ray Train's shard of the Dataset. wrap: (set name,
+    RowShard) -> the shard StepBatches reads (tasks: a `raymh.data.task_decode.TaskShard`).
 
     consumed_batches: {"labeled": n, "unlabeled": m}, the batches of each part this rank took before (a
     resumed run at step s: s labeled, and as many unlabeled as steps before s forwarded crop pairs), so a
@@ -296,9 +298,10 @@ def train_shards(
     def get(name: str) -> Any:
         if name in blocks:
             part = name.rsplit(".", 1)[-1]
-            return blocks[name].shard(
+            shard = blocks[name].shard(
                 seed=seed, rank=rank, world_size=world_size, consumed_batches=consumed.get(part, 0)
             )
+            return wrap(name, shard) if wrap is not None else shard
         return (get_shard or _default_get_shard())(name)
 
     return get

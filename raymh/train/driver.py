@@ -218,7 +218,7 @@ def check_placement(cfg: ExperimentConfig) -> None:
         [(d.name, d.placement) for d in cfg.domains], placement.live_nodes(),
         workers_per_domain=s.workers_per_domain, cpus_per_worker=s.cpus_per_worker,
         gpus_per_worker=s.gpus_per_worker if s.use_gpu else 0.0,
-        data_cpus=(s.data_cpus or 1) if cfg.data.transforms_on == "ray_data" else 0.0,
+        data_cpus=(s.data_cpus or 1) if cfg.data.transforms_on in ("ray_data", "tasks") else 0.0,
     )  # fmt: skip
 
 

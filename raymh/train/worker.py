@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from raymh.config import config_from_dict, to_yaml
 from raymh.data.batch_transforms import train_transforms
+from raymh.data.task_decode import task_shards
 from raymh.data.worker_batches import StepBatches, step_images, train_shards, val_batches
 from raymh.losses.world import World
 from raymh.model import MultiHeadDeepLab, normalize_uint8
@@ -69,6 +70,18 @@ def stream_seed(cfg, rank: int, step: int) -> int:
     """The seed of a rank's random streams (RNGs, augmentation) from `step` on: distinct per rank, and fresh
     but reproducible after a resume."""
     return cfg.train.seed + rank + 7919 * step
+
+
+def decode_task_wrap(cfg, *, seed: int):
+    """train_shards' wrap when data.transforms_on is 'tasks' (each set's batches decoded by Ray tasks), else None."""
+    if cfg.data.transforms_on != "tasks":
+        return None
+    placed = cfg.scaling.placement == "by_domain"
+    return task_shards(
+        crop_size=cfg.data.crop_size, scale_range=cfg.data.scale_range,
+        unlabeled_scale_range=cfg.data.unlabeled_scale_range, seed=seed, in_flight=cfg.data.tasks_in_flight,
+        num_cpus=cfg.scaling.data_cpus or 1, selectors={d.name: d.placement for d in cfg.domains} if placed else None,
+    )  # fmt: skip
 
 
 def worker_transforms(cfg, *, seed: int):
@@ -217,6 +230,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         get_shard=train_shards(
             config.get("row_blocks"), seed=cfg.train.seed, rank=shard_rank, world_size=shard_world,
             consumed_batches={"labeled": start, "unlabeled": sum(dc_weight_at(s, cfg.loss) > 0 for s in range(start))},
+            wrap=decode_task_wrap(cfg, seed=stream_seed(cfg, rank, start)),
         ),  # fmt: skip
     )
     model.train()
