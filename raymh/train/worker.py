@@ -73,7 +73,9 @@ def stream_seed(cfg, rank: int, step: int) -> int:
 
 
 def decode_task_wrap(cfg, *, seed: int):
-    """train_shards' wrap when data.transforms_on is 'tasks' (each set's batches decoded by Ray tasks), else None."""
+    """train_shards' wrap when data.transforms_on is 'tasks' (each set's batches decoded by Ray tasks), else None.
+    Each batch is augmented from (seed, set, epoch, batch), so with the rank's step-0 stream seed a resumed
+    run decodes exactly the batches an uninterrupted one would have."""
     if cfg.data.transforms_on != "tasks":
         return None
     placed = cfg.scaling.placement == "by_domain"
@@ -230,7 +232,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         get_shard=train_shards(
             config.get("row_blocks"), seed=cfg.train.seed, rank=shard_rank, world_size=shard_world,
             consumed_batches={"labeled": start, "unlabeled": sum(dc_weight_at(s, cfg.loss) > 0 for s in range(start))},
-            wrap=decode_task_wrap(cfg, seed=stream_seed(cfg, rank, start)),
+            wrap=decode_task_wrap(cfg, seed=stream_seed(cfg, rank, 0)),  # per batch: a resume reads the same
         ),  # fmt: skip
     )
     model.train()
