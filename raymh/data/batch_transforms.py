@@ -98,6 +98,26 @@ def check_crop(size: Sequence[int], name: str) -> tuple[int, int]:
 
 
 
+PART_FUNCTIONS = {"labeled": labeled_batch, "unlabeled": unlabeled_batch}  # a train set's decode + augment
+
+
+def part_kwargs(
+    *,
+    crop_size: Sequence[int],
+    unlabeled_crop_size: Sequence[int] | None = None,
+    scale_range: Sequence[float],
+    unlabeled_scale_range: Sequence[float],
+) -> dict[str, dict[str, Any]]:
+    """{"labeled": kwargs, "unlabeled": kwargs} of PART_FUNCTIONS (crop size and scale range of each set),
+    the crops checked; the same wherever the functions run (Ray Data, the worker, Ray tasks)."""
+    crop = check_crop(crop_size, "crop_size")
+    crop_u = check_crop(unlabeled_crop_size or crop, "unlabeled_crop_size")
+    return {
+        "labeled": {"crop_size": crop, "scale_range": tuple(scale_range)},
+        "unlabeled": {"crop_size": crop_u, "scale_range": tuple(unlabeled_scale_range)},
+    }
+
+
 def train_transforms(
     *,
     crop_size: Sequence[int],
@@ -109,12 +129,9 @@ def train_transforms(
     """{"labeled": fn, "unlabeled": fn}: the decode + augment functions of `build_domain_data`'s train sets,
     for `StepBatches(transforms=...)` when they run in the train worker (data.transforms_on: worker).
     One seeded generator drives both, so a worker's augmentation stream is reproducible from `seed`."""
-    crop = check_crop(crop_size, "crop_size")
-    crop_u = check_crop(unlabeled_crop_size or crop, "unlabeled_crop_size")
+    kwargs = part_kwargs(
+        crop_size=crop_size, unlabeled_crop_size=unlabeled_crop_size, scale_range=scale_range,
+        unlabeled_scale_range=unlabeled_scale_range,
+    )  # fmt: skip
     rng = np.random.default_rng(seed)
-    return {
-        "labeled": functools.partial(labeled_batch, crop_size=crop, scale_range=tuple(scale_range), rng=rng),
-        "unlabeled": functools.partial(
-            unlabeled_batch, crop_size=crop_u, scale_range=tuple(unlabeled_scale_range), rng=rng
-        ),
-    }
+    return {part: functools.partial(PART_FUNCTIONS[part], rng=rng, **kw) for part, kw in kwargs.items()}

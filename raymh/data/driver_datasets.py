@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from raymh.data import site_reads, splits
-from raymh.data.batch_transforms import check_crop, labeled_batch, unlabeled_batch
+from raymh.data.batch_transforms import PART_FUNCTIONS, part_kwargs
 from raymh.data.row_blocks import RowBlocks, put_rows
 from raymh.data.sets import dataset_name
 from raymh.data.val_rows import ValRows
@@ -175,8 +175,10 @@ def build_domain_data(
     else:
         found = site_reads.on_site(site_reads.scan, site, str(prepared), domain=domain)
     manifest, train_files, val_files = found["manifest"], found["train_files"], found["val_files"]
-    crop = check_crop(crop_size, "crop_size")
-    crop_u = check_crop(unlabeled_crop_size or crop, "unlabeled_crop_size")
+    fn_kwargs = part_kwargs(
+        crop_size=crop_size, unlabeled_crop_size=unlabeled_crop_size, scale_range=scale_range,
+        unlabeled_scale_range=unlabeled_scale_range,
+    )  # fmt: skip
     if min_rows < 1:
         raise ValueError(f"min_rows must be >= 1 (batch_size * num_workers), got {min_rows}")
     if transforms_on not in ("ray_data", "worker", "tasks"):
@@ -209,14 +211,14 @@ def build_domain_data(
         "site": site,
     }
     labeled_ds = _train_set(
-        train_files, labeled, columns=["id", "image", "label"], fn=labeled_batch,
-        fn_kwargs={"crop_size": crop, "scale_range": tuple(scale_range)}, what=f"{domain}.labeled",
+        train_files, labeled, columns=["id", "image", "label"], fn=PART_FUNCTIONS["labeled"],
+        fn_kwargs=fn_kwargs["labeled"], what=f"{domain}.labeled",
         min_rows=max(min_rows, len(unlabeled) if match_unlabeled else 0), **common,
     )  # fmt: skip
     unlabeled_ds = _train_set(
         # labels (where rows have them) travel for the pseudo-label diagnostic only
-        train_files, unlabeled, columns=["id", "image", "label"], fn=unlabeled_batch,
-        fn_kwargs={"crop_size": crop_u, "scale_range": tuple(unlabeled_scale_range)},
+        train_files, unlabeled, columns=["id", "image", "label"], fn=PART_FUNCTIONS["unlabeled"],
+        fn_kwargs=fn_kwargs["unlabeled"],
         what=f"{domain}.unlabeled", min_rows=min_rows, **common,
     )  # fmt: skip
     val = ValRows(domain, tuple(val_files), len(val_ids))  # one row per val id

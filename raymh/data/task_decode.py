@@ -21,11 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from raymh.data.batch_transforms import labeled_batch, unlabeled_batch
+from raymh.data.batch_transforms import PART_FUNCTIONS, part_kwargs
 from raymh.data.row_blocks import RowBlocks, RowShard, name_salt
 
 logger = logging.getLogger(__name__)
-PART_FUNCTIONS = {"labeled": labeled_batch, "unlabeled": unlabeled_batch}
 SLOW_TASK_S = 120  # a batch takes well under a second; this long means the task is not scheduled
 
 
@@ -114,10 +113,7 @@ def task_shards(
 ):
     """`train_shards`' wrap for data.transforms_on: tasks: (set name, RowShard) -> TaskShard.
     selectors: {domain: node-label selector} of placed domains, whose tasks run on their own nodes."""
-    kwargs = {
-        "labeled": {"crop_size": tuple(crop_size), "scale_range": tuple(scale_range)},
-        "unlabeled": {"crop_size": tuple(crop_size), "scale_range": tuple(unlabeled_scale_range)},
-    }
+    kwargs = part_kwargs(crop_size=crop_size, scale_range=scale_range, unlabeled_scale_range=unlabeled_scale_range)
 
     def wrap(name: str, shard: RowShard) -> TaskShard:
         domain, part = name.rsplit(".", 1)

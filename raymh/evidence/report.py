@@ -97,6 +97,7 @@ def _check_same_grid(uri: str, parents) -> None:
     """Grids combine into one table only when they ran the same table on the same config. Keys that only one
     of the base configs has (a setting added by a later raymh version, at its default) are not compared."""
     first = parents[0]
+    first_config = _base_config(uri, first.info.run_id) if len(parents) > 1 else None
     for other in parents[1:]:
         for key in SAME_GRID_PARAMS:
             a, b = first.data.params.get(key), other.data.params.get(key)
@@ -105,7 +106,7 @@ def _check_same_grid(uri: str, parents) -> None:
                     f"runs {first.info.run_id} and {other.info.run_id} differ in {key} ({a!r} vs {b!r}): only grids of "
                     "the same table, domains, config and overrides combine into one table; report them separately"
                 )
-        configs = _base_config(uri, first.info.run_id), _base_config(uri, other.info.run_id)
+        configs = first_config, _base_config(uri, other.info.run_id)
         if None in configs:
             continue
         differ = [k for k in configs[0] if k in configs[1] and configs[0][k] != configs[1][k]]
