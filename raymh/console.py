@@ -104,6 +104,9 @@ def set_verbose(verbose: bool) -> None:
     """`raymh --verbose`: show Ray's own lines on the console too (nothing is filtered)."""
     global _verbose
     _verbose = bool(verbose)
+    # MLflow's tqdm bars ("Downloading artifacts: 29%|...") when `report`, `reproduce` or a model load read
+    # artifacts, and when a model is logged: a batch command's console and job logs are no place for them
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def train_log_level() -> str:
@@ -234,8 +237,6 @@ def _quiet_mlflow_handlers() -> None:
     """MLflow's own console handler (on its `mlflow` logger): INFO lines such as "Creating initial MLflow
     database tables" go to the log file too."""
     import mlflow  # noqa: F401 - configures MLflow's loggers
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # its tqdm bars when logging a model
 
     for handler in logging.getLogger("mlflow").handlers:
         if _RECORD_FILTER not in handler.filters:

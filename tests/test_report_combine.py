@@ -83,15 +83,17 @@ def test_grids_of_other_seeds_pool_their_seeds(store):
     assert ev.values.diffs[(0, "average")].n == 4
 
 
-def test_report_cli_prints_the_combined_table(store, tmp_path):
+def test_report_cli_prints_the_combined_table(store, tmp_path, monkeypatch):
     from raymh.cli import main
 
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
     uri, grid = store
     a, b = grid("1/8", False, [0, 1]), grid("1/4", True, [0, 1])
     out = tmp_path / "report"
     result = CliRunner().invoke(main, ["report", "--run", a, "--run", b, "--tracking-uri", uri, "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "one table from 2 grids" in result.output
+    assert "Downloading artifacts" not in result.output + result.stderr  # no MLflow progress bars
     table = (out / "table.md").read_text()
     assert "| supervised | 1/8 |" in table and "| semi (DCLoss) | 1/4 |" in table and "| supervised | full |" in table
 
