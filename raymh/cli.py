@@ -158,6 +158,7 @@ def tune(config, space, num_samples, scheduler, max_concurrent, overrides, expor
 @click.option("--address", default=None, help="Ray cluster address")
 def reproduce(table, config, seeds, first_seed, render_seed, fractions, full, overrides, out, max_concurrent, address):
     """Run one of the method's comparison tables (cells x seeds as a Tune grid, one MLflow parent run)."""
+    console.install()
     from raymh.evidence.reproduce import run_reproduce
 
     ev = run_reproduce(

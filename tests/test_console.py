@@ -131,7 +131,24 @@ def test_mlflow_model_logging_notices_go_to_the_log_file_and_its_bars_are_off(mo
         assert console.is_harmless(text), text
     assert not console.is_harmless("Model logging failed: disk full")
     monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
-    console._quiet_mlflow_handlers()
+    console.set_verbose(False)  # what every command does first
     from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 
     assert MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.get() is False
+
+
+def test_reproduce_routes_ray_chatter_like_tune(monkeypatch):
+    """`raymh reproduce` printed Ray's start-up INFO lines and its workers' `(RayTrainWorker pid=...)` prefixes:
+    it did not install the console filter before starting Ray, as train, eval and tune do."""
+    import types
+
+    from raymh.evidence import reproduce
+
+    calls = []
+    monkeypatch.setattr(console, "install", lambda: calls.append("install"))
+    monkeypatch.setattr(
+        reproduce, "run_reproduce", lambda *a, **k: calls.append("run") or types.SimpleNamespace(failed_trials=[])
+    )
+    out = CliRunner().invoke(main, ["reproduce", "--table", "semi-vs-supervised", "--seeds", "1"])
+    assert out.exit_code == 0, out.output
+    assert calls == ["install", "run"]
