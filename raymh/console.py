@@ -54,6 +54,10 @@ QUIET_LEVEL = re.compile(
     r"^\d{4}-\d\d-\d\d[ T][\d:,.]+\s+(INFO|DEBUG)\s|^\[\d{4}-\d\d-\d\d [\d:,.]+ I \d+ \d+\]"
 )
 
+# Set in every Ray process a raymh command starts (the runtime_env of a local Ray; cluster/runtime_env.yaml for
+# jobs): Ray Data's progress bars, and MLflow's tqdm bars when a Tune trial logs or downloads artifacts.
+QUIET_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
 _verbose = False
 _state = {"atexit": False, "say_where": True}
 
@@ -106,7 +110,8 @@ def set_verbose(verbose: bool) -> None:
     _verbose = bool(verbose)
     # MLflow's tqdm bars ("Downloading artifacts: 29%|...") when `report`, `reproduce` or a model load read
     # artifacts, and when a model is logged: a batch command's console and job logs are no place for them
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
 
 
 def train_log_level() -> str:

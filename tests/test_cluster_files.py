@@ -284,6 +284,7 @@ def test_runtime_env_loads_and_ray_accepts_it():
     assert data["working_dir"] == "."
     env = RuntimeEnv(**data)
     assert env["working_dir"] == "." and env["env_vars"]["RAY_DATA_DISABLE_PROGRESS_BARS"] == "1"
+    assert env["env_vars"]["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"  # Tune trials' artifact bars
     assert "MLFLOW_TRACKING_URI" not in env["env_vars"]  # left to the cluster
     dropped = [f for f in _package_files() if _excluded(data["excludes"], f)]
     assert _package_files() and dropped == []

@@ -140,3 +140,21 @@ def test_cli_prints_one_message_and_exits_nonzero(ray_tmp, tmp_path, monkeypatch
     assert result.exit_code == 1, result.output
     assert "Error: --address auto needs a running local Ray cluster" in result.output
     assert "Traceback" not in result.output and result.exception.__class__ is SystemExit
+
+
+def test_a_started_local_ray_quiets_progress_bars_in_every_process(ray_tmp, monkeypatch):
+    """Tune trials of `raymh reproduce` printed MLflow's 'Downloading artifacts' bars: the local Ray's
+    runtime_env sets the variables that turn them (and Ray Data's) off in every Ray process."""
+    import ray
+
+    from raymh.train.cluster import init_ray
+
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
+    init_ray(load_config("quickstart"), address="local")
+    assert seen["address"] == "local"
+    assert seen["runtime_env"]["env_vars"] == {
+        "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    }

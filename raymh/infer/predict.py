@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from raymh import console
 from raymh.data.adapters import IMAGE_EXTENSIONS
 from raymh.infer.formats import get_format
 from raymh.infer.loading import load_bundle
@@ -258,7 +259,7 @@ def _init_ray(address: str | None) -> None:
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
-    env = {"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}
+    env = {"env_vars": dict(console.QUIET_ENV)}
     if address:
         ray.init(address=address, log_to_driver=True)
     else:

@@ -18,6 +18,7 @@ import os
 import socket
 from dataclasses import dataclass
 
+from raymh import console
 from raymh.config import ExperimentConfig
 
 PROBE_TIMEOUT_S = 2.0
@@ -105,7 +106,7 @@ def init_ray(
     if ray.is_initialized():
         return
     target = resolve_target(address)
-    env = {"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}
+    env = {"env_vars": dict(console.QUIET_ENV)}
     if target.join:
         # A job's driver (RAY_ADDRESS set by `ray job submit`) keeps the job's runtime_env: add none there.
         # The recorded cluster is joined with address None/"auto", as Ray itself finds it, so that Ray turns
