@@ -38,16 +38,20 @@ def bar_chart(values: TableValues, path: Path) -> Path:
     rows, cols = values.spec.rows, values.columns
     fig, ax = plt.subplots(figsize=(1.2 + 1.6 * len(cols), 3.6))
     width = 0.8 / len(rows)
+    top = 0.0
     for k, row in enumerate(rows):
         s = [values.cells[(row, c)] for c in cols]
         means = [100 * x.mean if x.n else 0.0 for x in s]
         errs = [100 * x.std if x.n and math.isfinite(x.std) else 0.0 for x in s]
         xs = np.arange(len(cols)) + (k - (len(rows) - 1) / 2) * width
         ax.bar(xs, means, width, yerr=errs, capsize=2, label=f"{row.label} {row.fraction}")
+        top = max([top, *(m + e for m, e in zip(means, errs, strict=True))])
     ax.set_xticks(np.arange(len(cols)), cols)
     ax.set_ylabel("val mIoU x100")
     ax.set_title(f"{values.spec.name} ({len(values.seeds)} seeds)", fontsize=10)
-    ax.legend(fontsize=7, ncol=2)
+    legend_rows = math.ceil(len(rows) / 2)
+    ax.set_ylim(0, max(top, 1.0) * (1.08 + 0.07 * legend_rows))  # headroom: the legend covers no bar
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
