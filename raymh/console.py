@@ -108,8 +108,9 @@ def set_verbose(verbose: bool) -> None:
     """`raymh --verbose`: show Ray's own lines on the console too (nothing is filtered)."""
     global _verbose
     _verbose = bool(verbose)
-    # MLflow's tqdm bars ("Downloading artifacts: 29%|...") when `report`, `reproduce` or a model load read
-    # artifacts, and when a model is logged: a batch command's console and job logs are no place for them
+    # QUIET_ENV in the command's own process too: MLflow's tqdm bars ("Downloading artifacts: 29%|...") when
+    # `report`, `reproduce` or a model load read artifacts or a model is logged, and Ray Data's bars; a batch
+    # command's console and job logs are no place for them
     for name, value in QUIET_ENV.items():
         os.environ.setdefault(name, value)
 

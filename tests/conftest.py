@@ -61,9 +61,11 @@ def ray_local():
     """One local Ray for all end-to-end tests (starting Ray costs ~10 s on 2 cores)."""
     import ray
 
+    from raymh.console import QUIET_ENV
+
     ray.init(
         address="local",  # never a cluster `ray start` recorded on this machine
-        num_cpus=6, include_dashboard=True, runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}
+        num_cpus=6, include_dashboard=True, runtime_env={"env_vars": dict(QUIET_ENV)}  # as raymh's own Ray
     )
     yield ray
     ray.shutdown()
