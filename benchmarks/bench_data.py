@@ -142,7 +142,8 @@ def ray_steps_factory(prepared: Path, *, mode: str, batch_size: int, built: dict
             min_rows=batch_size, transforms_on=mode,
         )  # fmt: skip
         if mode == "tasks":
-            wrap = task_shards(crop_size=CROP, scale_range=SCALES, unlabeled_scale_range=UNLABELED_SCALES, seed=0)
+            wrap = task_shards(crop_size=CROP, scale_range=SCALES, unlabeled_scale_range=UNLABELED_SCALES, seed=0,
+                               rank=0)
             get_shard = train_shards(dd.row_blocks(), seed=0, rank=0, world_size=1, wrap=wrap)
         else:
             get_shard = {k: v for k, v in dd.datasets().items() if not k.endswith(".val")}.get

@@ -74,7 +74,7 @@ def _ray_loop(config: dict) -> None:
     batches = StepBatches(list(config["num_classes"]), labeled_batch_size=cfg.data.labeled_batch_size,
                           unlabeled_batch_size=cfg.data.unlabeled_batch_size,
                           get_shard=train_shards(config["row_blocks"], seed=0, rank=0, world_size=1),
-                          transforms=worker_transforms(cfg, seed=0))  # fmt: skip
+                          transforms=worker_transforms(cfg, rank=0))  # fmt: skip
     times = timed_steps(cfg, config["num_classes"], batches, steps=config["steps"], warmup=config["warmup"],
                         prepare=ray.train.torch.prepare_model)  # fmt: skip
     batches.close()
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     batches = StepBatches(list(num_classes), labeled_batch_size=cfg.data.labeled_batch_size,
                           unlabeled_batch_size=cfg.data.unlabeled_batch_size,
                           get_shard=train_shards(row_blocks, seed=0, rank=0, world_size=1, get_shard=sets.__getitem__),
-                          transforms=worker_transforms(cfg, seed=0))  # fmt: skip
+                          transforms=worker_transforms(cfg, rank=0))  # fmt: skip
     plain = timed_steps(cfg, num_classes, batches, steps=args.steps, warmup=args.warmup)
     batches.close()
 

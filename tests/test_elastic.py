@@ -131,7 +131,7 @@ def test_ranks_a_checkpoint_does_not_have_get_streams_from_seed_rank_and_step(tm
     from ray.train import Checkpoint
 
     from raymh.train.checkpoint import save_state
-    from raymh.train.worker import setup_replica, stream_seed
+    from raymh.train.worker import seed_rank_generators, setup_replica
 
     cfg = _cfg("model.backbone=resnet18", "model.head_depth=1", "scaling.num_workers=[1, 4]",
                "data.labeled_batch_size=12", "data.unlabeled_batch_size=12")  # fmt: skip
@@ -146,6 +146,6 @@ def test_ranks_a_checkpoint_does_not_have_get_streams_from_seed_rank_and_step(tm
                                 checkpoint=Checkpoint.from_directory(str(tmp_path)))  # fmt: skip
         assert replica.start == 7
         draws[rank] = (torch.rand(3), np.random.rand(3))
-        torch.manual_seed(stream_seed(cfg, rank, 7))
+        seed_rank_generators(cfg, rank, 7)
         assert torch.equal(draws[rank][0], torch.rand(3))  # seeded from (seed, rank, step), not the checkpoint
     assert not torch.equal(draws[0][0], draws[3][0])  # distinct per rank

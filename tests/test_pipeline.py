@@ -239,7 +239,8 @@ def test_step_batches_every_domain_and_epoch_rollover(ray_session, prepared, tmp
     steps = StepBatches(
         ["toy", "other"], labeled_batch_size=2, unlabeled_batch_size=3, keep_ids=True,
         get_shard=train_shards(blocks, seed=0, rank=0, world_size=1),
-        transforms=train_transforms(crop_size=CROP, scale_range=(0.5, 1.5), unlabeled_scale_range=(0.8, 1.2), seed=0),
+        transforms=train_transforms(crop_size=CROP, scale_range=(0.5, 1.5), unlabeled_scale_range=(0.8, 1.2), seed=0,
+                                    rank=0),
     )  # fmt: skip
     labeled_seen = {"toy": [], "other": []}
     for _ in range(2):  # each domain's labeled set is one batch per epoch: step 2 starts a new epoch
@@ -267,7 +268,8 @@ def test_worker_transforms_mode_yields_encoded_rows_and_seeded_batches(ray_sessi
     assert set(dd.unlabeled.take([0])) == {"id", "image", "label"}  # label: diagnostics
 
     def first_steps(seed, n=3):
-        fns = train_transforms(crop_size=CROP, scale_range=(0.5, 1.5), unlabeled_scale_range=(0.8, 1.2), seed=seed)
+        fns = train_transforms(crop_size=CROP, scale_range=(0.5, 1.5), unlabeled_scale_range=(0.8, 1.2), seed=seed,
+                               rank=0)
         shards = train_shards(dd.row_blocks(), seed=0, rank=0, world_size=1)  # the same row order every time
         steps = StepBatches(["toy"], labeled_batch_size=2, unlabeled_batch_size=2, get_shard=shards,
                             transforms=fns, keep_ids=True)  # fmt: skip
@@ -293,7 +295,6 @@ def test_tasks_mode_decodes_the_worker_modes_rows_in_ray_tasks_with_seeded_batch
     """transforms_on="tasks": the same RowBlocks and per-epoch row order as the worker mode, each batch
     decoded by a Ray task; batch b of epoch e is augmented from (stream seed, set, e, b), so the batches do
     not depend on which task finished first, and a resumed shard continues with the very same batches."""
-    from raymh.data.row_blocks import name_salt
     from raymh.data.task_decode import decode_rows, task_shards
 
     dd = _build(prepared, min_rows=4, cache_encoded=True, transforms_on="tasks", shuffle=True)
@@ -303,7 +304,7 @@ def test_tasks_mode_decodes_the_worker_modes_rows_in_ray_tasks_with_seeded_batch
     per_epoch = rows.num_rows // 2  # batches of 2 on one rank
 
     def batches(seed, *, epochs=2, consumed=0, in_flight=2):
-        wrap = task_shards(**kw, seed=seed, in_flight=in_flight)
+        wrap = task_shards(**kw, seed=seed, rank=0, in_flight=in_flight)
         shard = train_shards(dd.row_blocks(), seed=0, rank=0, world_size=1, wrap=wrap,
                              consumed_batches={"unlabeled": consumed})("toy.unlabeled")  # fmt: skip
         return [b for _ in range(epochs) for b in shard.iter_epoch(batch_size=2)]
@@ -316,7 +317,7 @@ def test_tasks_mode_decodes_the_worker_modes_rows_in_ray_tasks_with_seeded_batch
     for e, i in ((0, 0), (1, per_epoch - 1)):  # one batch computed here, from its rows and its seed
         k = e * per_epoch + i
         want = decode_rows(rows, rows.epoch_share(e, seed=0, rank=0, world_size=1)[2 * i : 2 * i + 2], "unlabeled",
-                           {"crop_size": CROP, "scale_range": (0.8, 1.2)}, [7, name_salt("toy.unlabeled"), e, i])  # fmt: skip
+                           {"crop_size": CROP, "scale_range": (0.8, 1.2)}, seed=7, domain="toy", rank=0, index=k)  # fmt: skip
         for key in ("image1", "image2", "box1", "box2", "flip1"):
             assert np.array_equal(a[k][key], want[key]), (k, key)
     for x, y in zip(a, b, strict=True):  # one task at a time or two: the same batches
@@ -332,7 +333,7 @@ def test_tasks_mode_steps_and_placed_domains_tasks_carry_their_selector(ray_sess
     from raymh.data.task_decode import TaskShard, task_shards
 
     dd = _build(prepared, min_rows=4, cache_encoded=True, transforms_on="tasks")
-    wrap = task_shards(crop_size=CROP, scale_range=(0.5, 1.5), unlabeled_scale_range=(0.8, 1.2), seed=0)
+    wrap = task_shards(crop_size=CROP, scale_range=(0.5, 1.5), unlabeled_scale_range=(0.8, 1.2), seed=0, rank=0)
     steps = StepBatches(["toy"], labeled_batch_size=2, unlabeled_batch_size=2, keep_ids=True,
                         get_shard=train_shards(dd.row_blocks(), seed=0, rank=0, world_size=1, wrap=wrap))  # fmt: skip
     first = next(steps)["toy"]
@@ -340,7 +341,7 @@ def test_tasks_mode_steps_and_placed_domains_tasks_carry_their_selector(ray_sess
     assert tuple(first["unlabeled"]["image1"].shape) == (2, 3, *CROP) and set(first["labeled"]["id"]) <= set(dd.labeled_ids)
     assert "unlabeled" not in steps.next_batch(unlabeled=False)["toy"]
     steps.close()
-    placed = task_shards(crop_size=CROP, scale_range=(0.5, 1.5), unlabeled_scale_range=(0.8, 1.2), seed=0,
+    placed = task_shards(crop_size=CROP, scale_range=(0.5, 1.5), unlabeled_scale_range=(0.8, 1.2), seed=0, rank=0,
                          selectors={"toy": {"raymh.io/site": "a"}})  # fmt: skip
     shard = placed("toy.labeled", dd.labeled.shard(seed=0, rank=0, world_size=1))
     assert isinstance(shard, TaskShard) and shard.part == "labeled"

@@ -60,12 +60,13 @@ class CountingShard:
 
 
 def _counting_transforms(calls: dict[str, int]):
-    fns = batch_transforms.train_transforms(crop_size=CROP, scale_range=(1.0, 1.0), unlabeled_scale_range=(1.0, 1.0), seed=0)
+    fns = batch_transforms.train_transforms(crop_size=CROP, scale_range=(1.0, 1.0), unlabeled_scale_range=(1.0, 1.0), seed=0,
+                                           rank=0)
 
     def wrap(part):
-        def fn(batch):
+        def fn(batch, **keys):
             calls[part] += len(batch["id"])
-            return fns[part](batch)
+            return fns[part](batch, **keys)
 
         return fn
 

@@ -2,7 +2,11 @@
 
 They run where `data.transforms_on` puts them: in Ray Data `map_batches` CPU tasks (`ray_data`, built into
 the train sets by `raymh.data.driver_datasets`) or in the train worker itself (`worker`, through
-`train_transforms` and `StepBatches(transforms=...)`). Val rows are decoded by `val_batch` in the process
+`train_transforms` and `StepBatches(transforms=...)`) or in Ray tasks beside it (`tasks`, through
+`raymh.data.task_decode`). In the worker and tasks modes the n-th batch of a domain's set on a rank is
+augmented from its own streams (`augment_part`, `raymh.streams`), so the labeled batches of a run depend on
+its seed, rank and batch number only: a supervised and a semi-supervised run of one seed train on the same
+labeled crops, whatever the unlabeled pairs draw. Val rows are decoded by `val_batch` in the process
 that evaluates them (`raymh.data.worker_batches.val_batches`), after the rank's rows are picked.
 """
 
@@ -14,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from raymh import streams
 from raymh.data.transforms import (
     BOX_STRIDE,
     decode_image,
@@ -25,7 +30,7 @@ from raymh.data.transforms import (
 
 
 def _rng() -> np.random.Generator:
-    return np.random.default_rng()  # fresh OS entropy per task batch: independent across tasks and epochs
+    return np.random.default_rng()  # ray_data mode: fresh OS entropy per task batch (not reproducible)
 
 
 def _ids(batch: dict[str, np.ndarray]) -> list[str]:
@@ -56,8 +61,11 @@ def labeled_batch(batch: dict[str, np.ndarray], *, crop_size, scale_range, rng=N
     }
 
 
-def unlabeled_batch(batch: dict[str, np.ndarray], *, crop_size, scale_range, rng=None) -> dict[str, np.ndarray]:
-    """Decode and cut an overlapping crop pair per row (docs/method.md, DCLoss item 1).
+def unlabeled_batch(
+    batch: dict[str, np.ndarray], *, crop_size, scale_range, rng=None, photo_rng=None
+) -> dict[str, np.ndarray]:
+    """Decode and cut an overlapping crop pair per row (docs/method.md, DCLoss item 1); rng draws the pairs'
+    geometry, photo_rng (default rng) their photometric augmentation.
 
     When every row of the batch carries its true label (the built-in domains label every image), the
     label is cut with the crops as label1/label2, for the pseudo-label accuracy diagnostic only."""
@@ -66,7 +74,7 @@ def unlabeled_batch(batch: dict[str, np.ndarray], *, crop_size, scale_range, rng
     with_labels = labels is not None and all(lab is not None for lab in labels)
     pairs = [
         overlap_crop_pair(
-            decode_image(image), rng=rng, crop_size=crop_size, scale_range=scale_range,
+            decode_image(image), rng=rng, photo_rng=photo_rng, crop_size=crop_size, scale_range=scale_range,
             label=decode_label(labels[i]) if with_labels else None,
         )
         for i, image in enumerate(batch["image"])
@@ -101,6 +109,22 @@ def check_crop(size: Sequence[int], name: str) -> tuple[int, int]:
 PART_FUNCTIONS = {"labeled": labeled_batch, "unlabeled": unlabeled_batch}  # a train set's decode + augment
 
 
+def augment_part(
+    part: str, batch: dict[str, np.ndarray], *, seed: int, domain: str, rank: int, index: int, **kwargs
+) -> dict[str, np.ndarray]:
+    """The `index`-th batch of `domain`'s `part` set on `rank`, decoded and augmented from its own streams:
+    labeled_aug for labeled crops; unlabeled_pair (geometry) and unlabeled_photo (colours) for crop pairs."""
+    keys = {"domain": domain, "rank": rank, "index": index}
+    if part == "labeled":
+        return labeled_batch(batch, rng=streams.generator(seed, "labeled_aug", **keys), **kwargs)
+    if part == "unlabeled":
+        return unlabeled_batch(
+            batch, rng=streams.generator(seed, "unlabeled_pair", **keys),
+            photo_rng=streams.generator(seed, "unlabeled_photo", **keys), **kwargs,
+        )  # fmt: skip
+    raise ValueError(f"part must be one of {sorted(PART_FUNCTIONS)}, got {part!r}")
+
+
 def part_kwargs(
     *,
     crop_size: Sequence[int],
@@ -124,14 +148,15 @@ def train_transforms(
     unlabeled_crop_size: Sequence[int] | None = None,
     scale_range: Sequence[float],
     unlabeled_scale_range: Sequence[float],
-    seed: int | None = None,
-) -> dict[str, Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]]:
+    seed: int,
+    rank: int,
+) -> dict[str, Callable[..., dict[str, np.ndarray]]]:
     """{"labeled": fn, "unlabeled": fn}: the decode + augment functions of `build_domain_data`'s train sets,
     for `StepBatches(transforms=...)` when they run in the train worker (data.transforms_on: worker).
-    One seeded generator drives both, so a worker's augmentation stream is reproducible from `seed`."""
+    fn(batch, domain=..., index=n) augments the n-th batch of that domain's set on this rank from its own
+    streams (`augment_part`): reproducible from (seed, rank, n), and the same after a resume."""
     kwargs = part_kwargs(
         crop_size=crop_size, unlabeled_crop_size=unlabeled_crop_size, scale_range=scale_range,
         unlabeled_scale_range=unlabeled_scale_range,
     )  # fmt: skip
-    rng = np.random.default_rng(seed)
-    return {part: functools.partial(PART_FUNCTIONS[part], rng=rng, **kw) for part, kw in kwargs.items()}
+    return {part: functools.partial(augment_part, part, seed=seed, rank=rank, **kw) for part, kw in kwargs.items()}

@@ -28,7 +28,7 @@ def synthetic_root(cfg: ExperimentConfig) -> Path | None:
     synth = cfg.data.synthetic
     if synth is None:
         return None
-    base = Path(cfg.data.cache_dir).expanduser().resolve() / "synth" / _key(synth.model_dump(mode="json"))
+    base = Path(cfg.data.cache_dir).expanduser().resolve() / "synth" / _key(synth.model_dump(mode="json", exclude={"tuned_on"}))  # the bytes' settings
     raw = base / "raw"
     done = base / "rendered.json"
     if not done.is_file():

@@ -12,6 +12,7 @@ reads the val split's Parquet files itself and decodes only the rows whose id ha
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Sequence
@@ -50,6 +51,20 @@ class DomainData:
     def datasets(self) -> dict[str, Any]:
         """{dataset_name(domain, part): Ray Dataset} for TorchTrainer(datasets=...) (RowBlocks left out)."""
         return {dataset_name(self.name, p): s for p in TRAIN_PARTS if not isinstance(s := getattr(self, p), RowBlocks)}
+
+    def set_records(self) -> list[dict[str, Any]]:
+        """What the run trains and scores on, per set (labeled, unlabeled, val): {name, context, digest, source,
+        rows}; the digest hashes the prepared data's content hash, the set and its sorted ids, so two runs
+        with equal digests read the same rows (MLflow dataset inputs, `TrackedRun.log_datasets`)."""
+        out = []
+        for part, ids in (("labeled", self.labeled_ids), ("unlabeled", self.unlabeled_ids), ("val", self.val_ids)):
+            h = hashlib.sha256(f"{self.manifest.get('content_hash', '')}\0{part}\0".encode())
+            h.update("\n".join(sorted(ids)).encode())
+            out.append({
+                "name": dataset_name(self.name, part), "context": part, "digest": h.hexdigest()[:16],
+                "source": str(self.manifest.get("source_root") or self.name), "rows": len(ids),
+            })  # fmt: skip
+        return out
 
     def row_blocks(self) -> dict[str, RowBlocks]:
         """{dataset_name(domain, part): RowBlocks}: the sets the workers read from the object store."""

@@ -6,14 +6,13 @@ encoded) from its Parquet files once and puts them in the object store, one Arro
 on the node that holds them) and decodes and augments its rows itself (`raymh.data.worker_batches`).
 
 Epoch `e` of a set is a permutation of all its rows (a labeled set repeated r times: of its r copies),
-drawn from (seed, the set's name, e); rank k of W reads positions k, k + W, k + 2W, ... of it, the first
+drawn from the stream (seed, row_order, the set's name, e) (`raymh.streams`); rank k of W reads positions k, k + W, k + 2W, ... of it, the first
 floor(M / W) of them, so the shares of an epoch are disjoint, equally long and cover the set but for fewer
 than W rows, and depend only on the seed, the rank count, the rank and the epoch (not on timing).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,12 +20,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from raymh import streams
+
 COLUMNS = ("id", "image", "label")
-
-
-def name_salt(name: str) -> int:
-    """A stable 64-bit number of a set's name, to seed its streams apart from other sets'."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
 
 
 @dataclass(eq=False)
@@ -64,7 +60,7 @@ class RowBlocks:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         m = self.num_rows
         order = (
-            np.random.default_rng([seed % 2**63, name_salt(self.name), epoch]).permutation(m)
+            streams.generator(seed, "row_order", domain=self.name, index=epoch).permutation(m)
             if self.shuffle
             else np.arange(m)
         )

@@ -7,9 +7,9 @@ running per set, across epoch ends, so decoding runs on other cores while the ra
 worker processes do, with no Ray Data execution to start or restart (on a few cores the streaming
 executor's start-up and its all-to-all shuffles cost seconds per epoch, docs/data.md).
 
-Batch b of epoch e of a set is augmented from a generator seeded by (the rank's stream seed, the set's
-name, e, b): a run's augmentations depend on its seed, rank count and rank, never on which task finished
-first. The tasks carry a placed domain's label selector, so its rows are decoded on its own nodes.
+The n-th batch of a domain's set on a rank (counted over epochs) is augmented from its own streams
+(`batch_transforms.augment_part`), exactly as the worker mode augments it: a run's augmentations depend on
+its seed, rank count and rank, never on which task finished first. The tasks carry a placed domain's label selector, so its rows are decoded on its own nodes.
 """
 
 from __future__ import annotations
@@ -21,23 +21,27 @@ from typing import Any
 
 import numpy as np
 
-from raymh.data.batch_transforms import PART_FUNCTIONS, part_kwargs
-from raymh.data.row_blocks import RowBlocks, RowShard, name_salt
+from raymh.data.batch_transforms import PART_FUNCTIONS, augment_part, part_kwargs
+from raymh.data.row_blocks import RowBlocks, RowShard
 
 logger = logging.getLogger(__name__)
 SLOW_TASK_S = 120  # a batch takes well under a second; this long means the task is not scheduled
 
 
-def decode_rows(rows: RowBlocks, positions: np.ndarray, part: str, kwargs: Mapping[str, Any], seed: list[int]):
-    """One batch: the encoded rows at `positions`, decoded and augmented as `part` with a seeded generator."""
-    return PART_FUNCTIONS[part](rows.take(positions), rng=np.random.default_rng(seed), **kwargs)
+def decode_rows(
+    rows: RowBlocks, positions: np.ndarray, part: str, kwargs: Mapping[str, Any], *, seed: int, domain: str,
+    rank: int, index: int,
+):
+    """One batch: the encoded rows at `positions`, decoded and augmented as the index-th batch of `domain`'s
+    `part` on `rank` (`augment_part`)."""
+    return augment_part(part, rows.take(positions), seed=seed, domain=domain, rank=rank, index=index, **kwargs)
 
 
 class TaskShard:
     """One rank's batches of one set, decoded by Ray tasks; `iter_epoch` as `RowShard`'s, but decoded.
 
-    part: "labeled" or "unlabeled"; kwargs: its function's crop_size and scale_range; seed: the rank's
-    stream seed; in_flight: decode tasks kept running for this set; num_cpus: each task's CPUs;
+    part: "labeled" or "unlabeled"; kwargs: its function's crop_size and scale_range; seed: train.seed;
+    domain, rank: whose batches (the streams' keys); in_flight: decode tasks kept running for this set; num_cpus: each task's CPUs;
     label_selector: where the tasks may run (a placed domain's nodes), None: anywhere.
     """
 
@@ -48,6 +52,8 @@ class TaskShard:
         part: str,
         kwargs: Mapping[str, Any],
         seed: int,
+        domain: str,
+        rank: int,
         in_flight: int = 2,
         num_cpus: float = 1.0,
         label_selector: Mapping[str, str] | None = None,
@@ -57,6 +63,7 @@ class TaskShard:
         if in_flight < 1:
             raise ValueError(f"in_flight must be >= 1, got {in_flight}")
         self.shard, self.part, self.kwargs, self.seed, self.in_flight = shard, part, dict(kwargs), seed, in_flight
+        self.domain, self.rank = domain, rank
         self._options = {"num_cpus": num_cpus, "name": f"raymh-decode:{shard.rows.name}"}
         if label_selector:
             self._options["label_selector"] = dict(label_selector)
@@ -73,10 +80,14 @@ class TaskShard:
         while len(self._running) < self.in_flight:
             if not self._planned:
                 epoch, first, batches = self.shard.next_epoch(batch_size=self._batch_size)
-                self._planned.extend((epoch, first + i, pos) for i, pos in enumerate(batches))
-            epoch, b, positions = self._planned.popleft()
-            seed = [self.seed % 2**63, name_salt(self.shard.rows.name), epoch, b]
-            self._running.append((epoch, self._task.remote(self.shard.rows, positions, self.part, self.kwargs, seed)))
+                start = epoch * (first + len(batches)) + first  # batches per epoch x epoch + skipped
+                self._planned.extend((epoch, start + i, pos) for i, pos in enumerate(batches))
+            epoch, n, positions = self._planned.popleft()
+            ref = self._task.remote(
+                self.shard.rows, positions, self.part, self.kwargs, seed=self.seed, domain=self.domain, rank=self.rank,
+                index=n,
+            )  # fmt: skip
+            self._running.append((epoch, ref))
 
     def iter_epoch(self, *, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """The next epoch's decoded batches; the next epoch's first tasks start before this one's last ends."""
@@ -107,6 +118,7 @@ def task_shards(
     scale_range,
     unlabeled_scale_range,
     seed: int,
+    rank: int,
     in_flight: int = 2,
     num_cpus: float = 1.0,
     selectors: Mapping[str, Mapping[str, str]] | None = None,
@@ -118,7 +130,8 @@ def task_shards(
     def wrap(name: str, shard: RowShard) -> TaskShard:
         domain, part = name.rsplit(".", 1)
         return TaskShard(
-            shard, part=part, kwargs=kwargs[part], seed=seed, in_flight=in_flight, num_cpus=num_cpus,
+            shard, part=part, kwargs=kwargs[part], seed=seed, domain=domain, rank=rank, in_flight=in_flight,
+            num_cpus=num_cpus,
             label_selector=(selectors or {}).get(domain),
         )  # fmt: skip
 

@@ -200,6 +200,7 @@ def overlap_crop_pair(
     tries: int = 50,
     stride: int = BOX_STRIDE,
     photometric: bool = True,
+    photo_rng: np.random.Generator | None = None,
 ) -> dict[str, np.ndarray | bool]:
     """Two overlapping crops of one rescaled image with their overlap boxes (docs/method.md, DCLoss item 1).
 
@@ -207,6 +208,8 @@ def overlap_crop_pair(
     stride. image1/2 and valid1/2 are as fed to the network, i.e. flipped when flip1/2 is True.
     label: the image's true train ids, when it has them: cut alongside as label1/2 (padding 255), for
     diagnostics only (the accuracy of the pseudo-labels); training never reads them.
+    photo_rng: the generator of the photometric augmentation (default `rng`): the pair's geometry and its
+    colours then come from separate streams (`raymh.streams`: unlabeled_pair, unlabeled_photo).
     """
     crop = _check_size(crop_size, name="crop_size")
     if crop[0] % stride or crop[1] % stride:
@@ -239,7 +242,7 @@ def overlap_crop_pair(
             lab = None if lab is None else lab[:, ::-1]
         img = np.ascontiguousarray(img)
         if photometric:
-            img = photometric_augment(img, rng=rng)
+            img = photometric_augment(img, rng=rng if photo_rng is None else photo_rng)
         out[f"image{i}"], out[f"valid{i}"], out[f"flip{i}"] = img, np.ascontiguousarray(mask), flip
         if lab is not None:
             out[f"label{i}"] = np.ascontiguousarray(lab)

@@ -174,7 +174,8 @@ class StepBatches:
     transforms: {"labeled": fn, "unlabeled": fn} (`batch_transforms.train_transforms`) when the shards hold
     encoded rows (data.transforms_on: worker): the feeders then only fetch rows and next_batch() decodes
     and augments them here, in the caller's thread, so the work never competes with the training step's
-    threads and follows the transforms' seeded generator. Worker-mode shards are `RowShard`s (a seeded
+    threads; the n-th batch of a domain's set is augmented as fn(batch, domain=d, index=n), counting from
+    first_batches[part] (a resumed run: the batches of each part it took before). Worker-mode shards are `RowShard`s (a seeded
     permutation per epoch, `train_shards`); a plain Dataset shard of encoded rows is shuffled through a
     local buffer of shuffle_buffer rows instead (0 or None: in the set's order).
     """
@@ -191,6 +192,7 @@ class StepBatches:
         keep_ids: bool = False,
         transforms: Mapping[str, Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]] | None = None,
         shuffle_buffer: int | None = 64,
+        first_batches: Mapping[str, int] | None = None,
     ) -> None:
         if not domains:
             raise ValueError("StepBatches needs at least one domain")
@@ -209,6 +211,8 @@ class StepBatches:
         self._transforms = transforms
         self._shuffle_buffer = shuffle_buffer
         self._feeders: dict[tuple[str, str], _ShardFeeder] = {}
+        first = dict(first_batches or {})
+        self._taken = {(d, p): int(first.get(p, 0)) for d in self.domains for p in sizes}  # batch numbers
 
     def __iter__(self) -> StepBatches:
         return self
@@ -247,7 +251,10 @@ class StepBatches:
             for part in parts:
                 batch = self._feeders[(domain, part)].get()
                 if self._transforms is not None:
-                    batch = _to_torch(self._transforms[part](batch), device=None, keep_ids=self._keep_ids)
+                    index = self._taken[(domain, part)]
+                    batch = self._transforms[part](batch, domain=domain, index=index)
+                    batch = _to_torch(batch, device=None, keep_ids=self._keep_ids)
+                self._taken[(domain, part)] += 1
                 out[domain][part] = {
                     k: v.to(self._device, non_blocking=True) if hasattr(v, "to") else v
                     for k, v in batch.items()

@@ -23,6 +23,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from raymh import streams
 from raymh.config import config_from_dict, to_yaml
 from raymh.data.batch_transforms import train_transforms
 from raymh.data.task_decode import task_shards
@@ -33,6 +34,7 @@ from raymh.model.precision import native_bf16
 from raymh.model.sync_bn import convert_world_batchnorm, sync_bn_enabled
 from raymh.train import artifacts
 from raymh.train.checkpoint import inference_record, load_state, save_state, unwrap
+from raymh.train.digest import LabeledDigest
 from raymh.train.domain_ranks import (
     DomainRanks,
     attach_groups,
@@ -60,33 +62,31 @@ def precision_settings(cfg, device: torch.device) -> tuple[torch.dtype | None, b
     return (torch.bfloat16 if bf16 else None), channels_last
 
 
-def seed_everything(seed: int) -> None:
+def seed_rank_generators(cfg, rank: int, step: int) -> None:
+    """Seed this rank's global generators (torch: dropout; numpy, Python) from its own stream at `step`:
+    distinct per (seed, rank, step), fresh but reproducible after a resume (`raymh.streams`)."""
+    seed = streams.int_seed(cfg.train.seed, "rank_torch", rank=rank, index=step)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def stream_seed(cfg, rank: int, step: int) -> int:
-    """The seed of a rank's random streams (RNGs, augmentation) from `step` on: distinct per rank, and fresh
-    but reproducible after a resume."""
-    return cfg.train.seed + rank + 7919 * step
-
-
-def decode_task_wrap(cfg, *, seed: int):
+def decode_task_wrap(cfg, *, rank: int):
     """train_shards' wrap when data.transforms_on is 'tasks' (each set's batches decoded by Ray tasks), else None.
-    Each batch is augmented from (seed, set, epoch, batch), so with the rank's step-0 stream seed a resumed
+    The n-th batch of a set is augmented from its own streams (train.seed, domain, rank, n), so a resumed
     run decodes exactly the batches an uninterrupted one would have."""
     if cfg.data.transforms_on != "tasks":
         return None
     placed = cfg.scaling.placement == "by_domain"
     return task_shards(
         crop_size=cfg.data.crop_size, scale_range=cfg.data.scale_range,
-        unlabeled_scale_range=cfg.data.unlabeled_scale_range, seed=seed, in_flight=cfg.data.tasks_in_flight,
-        num_cpus=cfg.scaling.data_cpus or 1, selectors={d.name: d.placement for d in cfg.domains} if placed else None,
+        unlabeled_scale_range=cfg.data.unlabeled_scale_range, seed=cfg.train.seed, rank=rank,
+        in_flight=cfg.data.tasks_in_flight, num_cpus=cfg.scaling.data_cpus or 1,
+        selectors={d.name: d.placement for d in cfg.domains} if placed else None,
     )  # fmt: skip
 
 
-def worker_transforms(cfg, *, seed: int):
+def worker_transforms(cfg, *, rank: int):
     """The decode + augment functions StepBatches applies when data.transforms_on is 'worker', else None."""
     if cfg.data.transforms_on != "worker":
         return None
@@ -94,8 +94,15 @@ def worker_transforms(cfg, *, seed: int):
         crop_size=cfg.data.crop_size,
         scale_range=cfg.data.scale_range,
         unlabeled_scale_range=cfg.data.unlabeled_scale_range,
-        seed=seed,
+        seed=cfg.train.seed,
+        rank=rank,
     )
+
+
+def consumed_batches(cfg, start: int) -> dict[str, int]:
+    """The batches of each part a rank took before step `start`: one labeled batch per step, one unlabeled
+    batch per step that forwarded crop pairs (lambda > 0)."""
+    return {"labeled": start, "unlabeled": sum(dc_weight_at(s, cfg.loss) > 0 for s in range(start))}
 
 
 @dataclass
@@ -121,7 +128,7 @@ def setup_replica(
     model, every rank would draw the same dropout masks for the whole run.
     domain_ranks: placement by domain (`raymh.train.domain_ranks.by_domain`): BatchNorm groups per head,
     and no DDP buffer broadcast (rank 0's running statistics of other domains' heads are stale)."""
-    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+    torch.manual_seed(streams.int_seed(cfg.train.seed, "init"))  # the same initial weights on every rank
     model = MultiHeadDeepLab(
         {d: info["num_classes"] for d, info in domains.items()},
         backbone=cfg.model.backbone,
@@ -150,7 +157,7 @@ def setup_replica(
         with checkpoint.as_directory() as ckpt_dir:
             restored = load_state(ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler)
         replica.start, replica.best = restored["step"], restored["best_score"]
-    seed_everything(stream_seed(cfg, rank, replica.start))  # per rank; fresh but reproducible after a resume
+    seed_rank_generators(cfg, rank, replica.start)  # per rank; fresh but reproducible after a resume
     return replica
 
 
@@ -223,24 +230,28 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         tracked = TrackedRun(m["uri"], m["run_id"], spool=Path(m["spool"]), offline_reason=m.get("offline_reason"))
 
     stop = WorkerStopCheck(config.get("stop_flag") if rank == 0 else None)
+    consumed = consumed_batches(cfg, start)
     batches = StepBatches(
         ranks.served,
         labeled_batch_size=cfg.batch_per_worker("labeled", shard_world),  # elastic: global / this world
         unlabeled_batch_size=cfg.batch_per_worker("unlabeled", shard_world),
         device=device,
-        transforms=worker_transforms(cfg, seed=stream_seed(cfg, rank, start)),
+        transforms=worker_transforms(cfg, rank=rank),
+        first_batches=consumed,
         get_shard=train_shards(
             config.get("row_blocks"), seed=cfg.train.seed, rank=shard_rank, world_size=shard_world,
-            consumed_batches={"labeled": start, "unlabeled": sum(dc_weight_at(s, cfg.loss) > 0 for s in range(start))},
-            wrap=decode_task_wrap(cfg, seed=stream_seed(cfg, rank, 0)),  # per batch: a resume reads the same
+            consumed_batches=consumed, wrap=decode_task_wrap(cfg, rank=rank),  # per batch: a resume reads the same
         ),  # fmt: skip
     )
+    digest = LabeledDigest() if rank == 0 and start == 0 else None  # what the run trained on (report pairs by it)
     model.train()
     t_log, images_since = time.perf_counter(), 0
     eta = Eta(cfg.train.iters, restart_at=[cfg.loss.dc_start_iter])  # DCLoss steps cost about twice as much
     for step in range(start, cfg.train.iters):
         eta.step_starts(step)
         batch = batches.next_batch(unlabeled=dc_weight_at(step, cfg.loss) > 0)  # no unlabeled work before DCLoss
+        if digest is not None and digest.add(step, batch, final=step + 1 == cfg.train.iters) and tracked:
+            tracked.set_tags(digest.tags())
         logging_step = rank == 0 and ((step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.iters)
         out = mix_loss_step(
             model, batch, cfg, step=step, device=device, autocast_dtype=autocast_dtype,
