@@ -149,7 +149,7 @@ def tune(config, space, num_samples, scheduler, max_concurrent, overrides, expor
 @click.option("--config", "config", default="evidence", show_default=True, help=CONFIG_HELP)
 @click.option("--seeds", type=int, default=3, show_default=True, help="training seeds per cell")
 @click.option("--first-seed", type=int, default=0, show_default=True, help="seeds are first-seed .. first-seed+seeds-1")
-@click.option("--render-seed", type=int, default=None, help="render seed of the synthetic domains (data.synthetic.seed)")
+@click.option("--render-seed", type=int, default=None, help="render seed of the synthetic domains (default: the lowest seed outside data.synthetic.tuned_on)")
 @click.option("--fractions", default="1/8,1/4", show_default=True, help="label fractions of the rows, comma-separated")
 @click.option("--full/--no-full", default=True, show_default=True, help="semi-vs-supervised: add the full-label row")
 @click.option("--set", "overrides", multiple=True, help=SET_HELP)

@@ -35,7 +35,11 @@ class SynthConfig(_Section):
     images: int = Field(48, ge=1, description="train images per domain")
     val_images: int = Field(12, ge=1, description="val images per domain")
     size: tuple[int, int] = Field((256, 512), description="rendered image size (H, W)")
-    seed: int = Field(0, description="render seed; same seed, same bytes")
+    seed: int = Field(0, ge=0, description="render seed; same seed, same bytes")
+    tuned_on: list[int] = Field(
+        default_factory=list, description="render seeds this config's settings were chosen on; `raymh reproduce` "
+        "scores on a render seed outside them (held out) unless --render-seed says otherwise"
+    )
 
 
 class DomainConfig(_Section):
@@ -187,7 +191,7 @@ class TrainConfig(_Section):
     eval_crop: tuple[int, int] | None = Field(None, description="sliding-window size (default: crop_size)")
     num_to_keep: int = Field(2, ge=1, description="best checkpoints kept (by mean val mIoU), plus the latest")
     max_failures: int = Field(0, ge=-1, description="worker-group restarts from the last checkpoint (-1: always)")
-    seed: int = Field(0, description="seed of model init and augmentation")
+    seed: int = Field(0, ge=0, description="seed of model init, augmentation and dropout (raymh.streams)")
     panels: int = Field(2, ge=0, description="prediction panels per domain logged at each evaluation")
 
 

@@ -54,3 +54,20 @@ def test_nothing_points_outside_the_repository():
     files = [*PAGES, *sorted((ROOT / "raymh").rglob("*.py")), *sorted((ROOT / "raymh").rglob("*.yaml"))]
     for f in files:
         assert "shared/" not in f.read_text(), f"{f.relative_to(ROOT)} mentions a path outside the repository"
+
+
+def test_the_evidence_presets_split_sizes_in_the_docs_are_the_codes():
+    """docs/evidence.md's table of train / val / labeled counts per domain of the `evidence` preset, from the
+    render counts, each adapter's split rule and the labeled-subset rule."""
+    from raymh.data.adapters.synscapes import SynscapesAdapter
+    from raymh.data.splits import labeled_ids
+
+    synth = load_config("evidence").data.synthetic
+    total = synth.images + synth.val_images  # Synscapes-like: one numbered folder, split by the adapter
+    val = {"cityscapes": synth.val_images, "bdd100k": synth.val_images, "synscapes": SynscapesAdapter().val_count(total)}
+    train = {"cityscapes": synth.images, "bdd100k": synth.images, "synscapes": total - val["synscapes"]}
+    text = (ROOT / "docs" / "evidence.md").read_text()
+    for d in train:
+        ids = [str(i) for i in range(train[d])]
+        row = [train[d], val[d], *(len(labeled_ids(ids, fraction=f, seed=0)) for f in (1 / 8, 1 / 4))]
+        assert f"| {d} | {' | '.join(map(str, row))} |" in text, (d, row)

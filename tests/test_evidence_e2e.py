@@ -52,6 +52,19 @@ def test_parent_and_child_runs_are_recorded(tiny_table):
     assert {"evidence/table.md", "evidence/table.csv", "evidence/bars.png"} <= artifacts
 
 
+def test_supervised_and_semi_children_of_a_seed_trained_on_the_same_labeled_batches(tiny_table):
+    from mlflow.tracking import MlflowClient
+
+    ev, _ = tiny_table
+    client = MlflowClient(ev.uri)
+    parent = client.get_run(ev.parent_run_id)
+    assert parent.data.params["render_seed"] == "0"  # quickstart names no tuning seeds: its own render seed
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{ev.parent_run_id}'")
+    digest = {(c.data.tags["raymh.setting"], c.data.tags["raymh.seed"]): c.data.tags["raymh.labeled_digest"] for c in children}
+    assert digest[("semi", "0")] == digest[("supervised", "0")] and digest[("semi", "1")] == digest[("supervised", "1")]
+    assert digest[("semi", "0")] != digest[("semi", "1")]
+
+
 def test_table_equals_the_childrens_metrics(tiny_table):
     from mlflow.tracking import MlflowClient
 

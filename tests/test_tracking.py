@@ -40,6 +40,17 @@ def test_run_logs_metrics_params_and_artifacts(tmp_path):
     assert not (tmp_path / "spool.jsonl").exists()
 
 
+def test_dataset_inputs_carry_name_digest_source_and_context(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run = TrackedRun.create(uri, experiment="e", run_name="r", spool=tmp_path / "spool.jsonl", tags={})
+    run.log_datasets([{"name": "a.val", "context": "val", "digest": "0123456789abcdef", "source": str(tmp_path), "rows": 7}])
+    assert run.online  # logging datasets never takes the run offline
+    (got,) = MlflowClient(uri).get_run(run.run_id).inputs.dataset_inputs
+    assert (got.dataset.name, got.dataset.digest, got.dataset.source_type) == ("a.val", "0123456789abcdef", "local")
+    assert str(tmp_path) in got.dataset.source
+    assert {t.key: t.value for t in got.tags} == {"mlflow.data.context": "val", "raymh.rows": "7"}
+
+
 def test_unreachable_server_warns_once_and_spools_everything(tmp_path, capsys):
     spool = tmp_path / "spool.jsonl"
     run = TrackedRun.create("http://127.0.0.1:9", experiment="e", run_name="r", spool=spool)

@@ -103,6 +103,15 @@ def test_two_workers_lower_the_loss_and_log_to_mlflow(ray_local, e2e_root):
     assert len(losses) == 12
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # it learns
     assert {"config", "splits", "eval"} <= {a.path for a in client.list_artifacts(out.mlflow_run_id)}
+    # what it trained on, as the MLflow run page shows it: datasets, source, description, the labeled digest
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {f"{d}.{p}" for d in ("cityscapes", "bdd100k", "synscapes") for p in ("labeled", "unlabeled", "val")}
+    contexts = {d.dataset.name: {t.key: t.value for t in d.tags}["mlflow.data.context"] for d in inputs.values()}
+    assert contexts["bdd100k.val"] == "val" and contexts["cityscapes.unlabeled"] == "unlabeled"
+    assert len({d.dataset.digest for d in inputs.values()}) == 9
+    assert run.data.tags["mlflow.source.type"] == "LOCAL" and run.data.tags["mlflow.source.name"].startswith("raymh")
+    assert "| **mean** |" in run.data.tags["mlflow.note.content"]
+    assert len(run.data.tags["raymh.labeled_digest"]) == 16 and "raymh.labeled_digest.bdd100k" in run.data.tags
     panels = client.list_artifacts(out.mlflow_run_id, "eval/step_000012/panels")
     assert {p.path.rsplit("/", 1)[-1] for p in panels} == {"cityscapes.png", "bdd100k.png", "synscapes.png"}
     assert read_state(out.checkpoint)["step"] == 12
@@ -336,3 +345,32 @@ def test_a_seven_class_domain_trains_beside_nineteen_class_ones(ray_local, e2e_r
     assert state[classifier.replace("coarse", "cityscapes")].shape[0] == 19
     ious = {k for k in out.metrics if k.startswith("val/iou/coarse/")}
     assert ious <= {f"val/iou/coarse/{c}" for c in COARSE} and "val/miou/coarse" in out.metrics
+
+
+def test_no_val_image_ever_reaches_a_training_batch(ray_local, e2e_root):
+    """The built-in domains, prepared as a run prepares them: two epochs of every train set, decoded as a
+    worker decodes them, hold labeled and unlabeled ids only, never a val id (nor a val image's bytes)."""
+    import hashlib
+
+    from raymh.data.worker_batches import StepBatches, train_shards
+    from raymh.train.driver import build_domain_data
+    from raymh.train.worker import worker_transforms
+
+    cfg = load_config("quickstart", tiny_overrides(e2e_root))
+    data = build_domain_data(cfg)
+    blocks = {name: rb for dd in data.values() for name, rb in dd.row_blocks().items()}
+    steps = StepBatches(list(data), labeled_batch_size=2, unlabeled_batch_size=1, keep_ids=True,
+                        transforms=worker_transforms(cfg, rank=0), get_shard=train_shards(blocks, seed=0, rank=0, world_size=1))  # fmt: skip
+    seen: dict[str, set] = {d: set() for d in data}
+    try:
+        for _ in range(2 * max(dd.unlabeled.num_rows for dd in data.values())):
+            for d, parts in steps.next_batch().items():
+                seen[d] |= set(parts["labeled"]["id"]) | set(parts["unlabeled"]["id"])
+    finally:
+        steps.close()
+    for d, dd in data.items():
+        assert seen[d] == set(dd.labeled_ids) | set(dd.unlabeled_ids), d  # every train row, and nothing else
+        assert not seen[d] & set(dd.val_ids), d
+        train_bytes = {hashlib.sha256(b).digest() for rb in (dd.labeled, dd.unlabeled) for b in rb.take(range(rb.num_rows))["image"]}
+        val_bytes = {hashlib.sha256(b).digest() for batch in dd.val.iter_encoded(rank=0, world_size=1) for b in batch["image"]}
+        assert val_bytes and not train_bytes & val_bytes, d

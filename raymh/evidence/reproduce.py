@@ -54,6 +54,22 @@ def check_base(base: dict[str, Any], table: str) -> None:
         )
 
 
+def pick_render_seed(cfg, asked: int | None) -> tuple[int | None, str]:
+    """(render seed, what the console says of it): the asked one, else for the built-in domains the
+    smallest seed outside data.synthetic.tuned_on (the renders the config was chosen on), else the config's."""
+    synth = cfg.data.synthetic
+    if synth is None:
+        return None, ""
+    tuned = sorted(set(synth.tuned_on))
+    if asked is not None:
+        held = "held out" if asked not in tuned else "NOT held out: the config was tuned on it"
+        return asked, f"; render seed {asked} ({held})"
+    if not tuned:
+        return synth.seed, f"; render seed {synth.seed} (the config names no tuning seeds)"
+    seed = next(s for s in range(len(tuned) + 1) if s not in tuned)
+    return seed, f"; render seed {seed}, held out (the config was tuned on render seed(s) {tuned})"
+
+
 def run_reproduce(
     table: str,
     *,
@@ -81,9 +97,10 @@ def run_reproduce(
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     raw = load_config_dict(config, overrides or [])
+    if render_seed is not None and not raw.get("data", {}).get("synthetic"):
+        raise ConfigError("--render-seed applies to the built-in synthetic domains; the config has no data.synthetic")
+    render_seed, render_note = pick_render_seed(config_from_dict(raw, where=f"config {config!r}"), render_seed)
     if render_seed is not None:
-        if not raw.get("data", {}).get("synthetic"):
-            raise ConfigError("--render-seed applies to the built-in synthetic domains; the config has no data.synthetic")
         raw = apply_overrides(raw, {"data.synthetic.seed": render_seed})
     base = absolute_locations(raw)
     check_base(base, table)
@@ -102,7 +119,7 @@ def run_reproduce(
     print(
         f"[raymh] {name}: {len(trials)} runs ({len(spec.rows)} rows x {len(seed_list)} seeds {seed_list}"
         f"{', one run per domain for single-domain rows' if table == 'multi-vs-single' else ''}), "
-        f"{concurrent} at a time; config {config}, {base_cfg.train.iters} steps each",
+        f"{concurrent} at a time; config {config}, {base_cfg.train.iters} steps each{render_note}",
         flush=True,
     )
     prepared_dirs(base_cfg)  # render / prepare once, before the trials race for it

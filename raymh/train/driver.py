@@ -39,7 +39,13 @@ from raymh.config import (
 from raymh.train import places
 from raymh.train.cluster import init_ray
 from raymh.train.interrupt import create_stop_flag, exit_now, run_interruptible, stop_flag_name
-from raymh.train.tracking import TrackedRun, fluent_tracking_uri, resolve_tracking_uri
+from raymh.train.tracking import (
+    TrackedRun,
+    fluent_tracking_uri,
+    resolve_tracking_uri,
+    run_description,
+    source_tags,
+)
 
 RUN_FILES = "raymh"
 
@@ -93,7 +99,7 @@ def run_tags(cfg: ExperimentConfig) -> dict[str, str]:
     commit = _git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    return tags
+    return {**tags, **source_tags()}
 
 
 def build_domain_data(cfg: ExperimentConfig, *, sites: bool = True) -> dict[str, Any]:
@@ -301,6 +307,7 @@ def fit(
             write_split_lists(files / "splits", dd)
         tracked.log_artifact(files / "config.yaml", "config")
         tracked.log_artifact(files / "splits", "splits")
+        tracked.log_datasets([r for dd in domain_data.values() for r in dd.set_records()])
     else:
         tracked = TrackedRun(record["tracking_uri"], record["mlflow_run_id"], spool=spool)
         tracked.reopen()  # a KILLED or FAILED record goes back to RUNNING, the same run continues
@@ -365,6 +372,7 @@ def fit(
     )  # fmt: skip
     if cfg.tracking.log_model and result.checkpoint is not None and tracked.online:
         _log_model(tracked, best or result.checkpoint.path, cfg)  # the best by val mIoU, as `predict RUN` picks
+    tracked.set_tags({"mlflow.note.content": run_description(run_name, dict(result.metrics or {}), cfg)})  # the run page's description
     tracked.end("FINISHED")
     if not quiet:
         print(results_table(outcome, cfg, uri), flush=True)

@@ -176,6 +176,22 @@ class TrackedRun:
 
         self._call("tags", {"tags": tags}, send)
 
+    def log_datasets(self, records: list[dict[str, Any]]) -> None:
+        """MLflow dataset inputs (the run page's "Datasets"): records as `DomainData.set_records` gives them."""
+
+        from mlflow.data.dataset_source_registry import get_registered_sources
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        # a local path's source class (MLflow registers it at import, it has no importable name)
+        local = next(c for c in get_registered_sources() if c._get_source_type() == "local")
+        inputs = []
+        for r in records:
+            dataset = MetaDataset(local(r["source"]), name=r["name"], digest=r["digest"])
+            tags = [InputTag("mlflow.data.context", r["context"]), InputTag("raymh.rows", str(r["rows"]))]
+            inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=tags))
+        self._call("datasets", {"datasets": records}, lambda: self.client.log_inputs(self.run_id, datasets=inputs))
+
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(local_path)
         if path.is_dir():
@@ -208,3 +224,22 @@ def close_child_runs(uri: str, parent_run_id: str | None, *, status: str, tags: 
             client.set_tag(run.info.run_id, k, v)
         client.set_terminated(run.info.run_id, status)
     return len(runs)
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's source tags (the run page's Source): the raymh command that made the run; a Ray job's
+    entrypoint is a JOB, anything else LOCAL."""
+    argv = sys.argv
+    command = "raymh " + " ".join(argv[1:]) if argv and Path(argv[0]).name == "raymh" else "raymh"
+    return {"mlflow.source.name": command[:500], "mlflow.source.type": "JOB" if os.environ.get("RAY_JOB_SUBMISSION_ID") else "LOCAL"}
+
+
+def run_description(run_name: str, m: dict[str, Any], cfg: ExperimentConfig) -> str:
+    """The run's result as Markdown, for the MLflow run page's description."""
+    lines = [f"raymh run `{run_name}` ({cfg.name}): finished at step {m.get('step', '?')} of {cfg.train.iters}.",
+             "", "| domain | val mIoU |", "|---|---|"]  # fmt: skip
+    lines += [f"| {d.name} | {m.get(f'val/miou/{d.name}', math.nan):.4f} |" for d in cfg.domains]
+    lines += [f"| **mean** | **{m.get('val/miou_mean', math.nan):.4f}** |", "",
+              f"Best mean val mIoU {m.get('best/miou_mean', math.nan):.4f}; labeled fraction "
+              f"{', '.join(f'{d.name} {cfg.labeled_fraction(d):g}' for d in cfg.domains)}; lambda {cfg.loss.dc_weight}."]  # fmt: skip
+    return "\n".join(lines)
