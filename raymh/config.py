@@ -59,6 +59,16 @@ class DomainConfig(_Section):
         "(e.g. {raymh.io/site: eu-1}; values as Ray's: v, !v, in(a,b), !in(a,b)); used by scaling.placement: by_domain",
     )
 
+    share_predictions: bool = Field(
+        False, description="under scaling.placement: by_domain, let this domain's val images, labels and predictions "
+        "leave its site as prediction panels (train.panels) and final prediction PNGs in MLflow; without placement "
+        "they always may"
+    )
+    label_diagnostics: bool | None = Field(
+        None, description="read the true labels of this domain's unlabeled images for the pseudo-label accuracy "
+        "diagnostic (logged, never trained on); default: yes, but not under scaling.placement: by_domain"
+    )
+
     @field_validator("placement")
     @classmethod
     def _selector(cls, v: dict[str, str] | None) -> dict[str, str] | None:
@@ -376,6 +386,24 @@ class ExperimentConfig(_Section):
     def labeled_fraction(self, domain: DomainConfig) -> float:
         """The labeled share of one domain: its own setting, else data.labeled_fraction."""
         return domain.labeled_fraction if domain.labeled_fraction is not None else self.data.labeled_fraction
+
+    def reads_unlabeled_labels(self, domain: DomainConfig) -> bool:
+        """Whether the true labels of the domain's unlabeled images are read (for a diagnostic only): its
+        label_diagnostics, by default not under placement by domain (docs/placement.md)."""
+        if domain.label_diagnostics is not None:
+            return domain.label_diagnostics
+        return self.scaling.placement != "by_domain"
+
+    def shares_predictions(self, name: str) -> bool:
+        """Whether the domain's val images, labels and predictions may go to MLflow (panels, final PNGs)."""
+        return self.scaling.placement != "by_domain" or self.domain(name).share_predictions
+
+    def domain(self, name: str) -> DomainConfig:
+        """The domain config of this name."""
+        for d in self.domains:
+            if d.name == name:
+                return d
+        raise KeyError(f"no domain {name!r}; the config has {[d.name for d in self.domains]}")
 
 
 # ---------------------------------------------------------------- loading, overrides, flattening

@@ -253,6 +253,7 @@ def test_sites_raycluster_has_one_labelled_group_per_domain_each_with_only_its_d
 
 def test_sites_config_places_every_domain(sites_config):
     assert sites_config.scaling.placement == "by_domain"
+    assert sites_config.data.transforms_on != "ray_data"  # it would read Parquet footers in the driver
     assert sites_config.train_workers == len(sites_config.domains) * sites_config.scaling.workers_per_domain
     assert "://" in sites_config.tracking.storage_path  # checkpoints leave the sites for a shared store
 

@@ -329,6 +329,19 @@ def test_tasks_mode_decodes_the_worker_modes_rows_in_ray_tasks_with_seeded_batch
         assert list(x["id"]) == list(y["id"]) and np.array_equal(x["image2"], y["image2"])
 
 
+def test_an_unlabeled_set_read_without_labels_holds_none_and_its_crops_carry_none(ray_session, prepared):
+    """unlabeled_labels=False (placement's default): the unlabeled rows are read without their label column,
+    so their true labels never leave the files, and the crop pairs carry no label1/label2."""
+    from raymh.data.batch_transforms import augment_part
+
+    for with_labels in (True, False):
+        dd = _build(prepared, min_rows=2, cache_encoded=True, transforms_on="worker", unlabeled_labels=with_labels)
+        rows = dd.unlabeled.take([0, 1])
+        assert all((lab is not None) == with_labels for lab in rows["label"])
+        pair = augment_part("unlabeled", rows, seed=0, domain="toy", rank=0, index=0, crop_size=CROP, scale_range=(1, 1))
+        assert ("label1" in pair) == with_labels
+
+
 def test_tasks_mode_steps_and_placed_domains_tasks_carry_their_selector(ray_session, prepared):
     from raymh.data.task_decode import TaskShard, task_shards
 

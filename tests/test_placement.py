@@ -61,6 +61,17 @@ def test_config_by_domain_needs_every_domain_placed_and_counts_workers():
         _placed(**{"domains.0.placement": {SITE: "a b"}})
 
 
+def test_under_placement_unlabeled_labels_and_predictions_stay_on_site_unless_a_domain_opts_in():
+    plain, placed = load_config("quickstart"), _placed()
+    assert all(plain.reads_unlabeled_labels(d) and plain.shares_predictions(d.name) for d in plain.domains)
+    assert not any(placed.reads_unlabeled_labels(d) or placed.shares_predictions(d.name) for d in placed.domains)
+    opted = _placed(**{"domains.1.label_diagnostics": True, "domains.2.share_predictions": True})
+    assert [opted.reads_unlabeled_labels(d) for d in opted.domains] == [False, True, False]
+    assert [opted.shares_predictions(d.name) for d in opted.domains] == [False, False, True]
+    off = load_config("quickstart", {"domains.0.label_diagnostics": False})
+    assert not off.reads_unlabeled_labels(off.domains[0])
+
+
 def test_check_passes_when_every_domain_has_room():
     nodes = _nodes((A, 4, 0), (B, 3, 0))
     check_placement([("x", A), ("y", B)], nodes, workers_per_domain=1, cpus_per_worker=2, data_cpus=1)

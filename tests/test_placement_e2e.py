@@ -41,7 +41,7 @@ def sites():
 
 def _train(sites: RayHead, e2e_root, tmp_path, name: str, site_b: str = "b", **extra) -> subprocess.CompletedProcess:
     over = tiny_overrides(tmp_path, **{
-        "data.cache_dir": str(e2e_root / "cache"), "train.iters": 2, "train.eval_every": 2, "train.panels": 0,
+        "data.cache_dir": str(e2e_root / "cache"), "train.iters": 2, "train.eval_every": 2, "train.panels": 2,
         "tracking.run_name": name, "domains": DOMAINS % site_b, "scaling.placement": "by_domain", **extra,
     })  # fmt: skip
     return subprocess.run(
@@ -87,6 +87,14 @@ def test_each_domains_reads_and_worker_run_on_its_own_node(sites, e2e_root, tmp_
     # and each rank said which domain it served: the one of its node
     for domain, site in site_of_domain.items():
         assert f"on node {node_of[site][:8]} serves domain {domain}" in done.stdout + done.stderr
+    # no val image, label or prediction went to MLflow (train.panels: 2, but no domain shares its predictions)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("raymh-quickstart").experiment_id])
+    evals = [a.path for a in client.list_artifacts(run.info.run_id, "eval")]
+    assert evals and all(not [p for p in client.list_artifacts(run.info.run_id, e) if "panels" in p.path or "predictions" in p.path] for e in evals)
+    assert not any(k.startswith("train/pseudo_acc") for k in run.data.metrics)  # unlabeled labels never read
 
 
 def test_a_selector_matching_no_node_fails_before_training(sites, e2e_root, tmp_path):

@@ -160,6 +160,7 @@ def build_domain_data(
     cache_encoded: bool = True,
     transforms_on: str = "ray_data",
     site: dict[str, str] | None = None,
+    unlabeled_labels: bool = True,
 ) -> DomainData:
     """One domain's labeled / unlabeled train sets and val files from a prepared dir (docs/data.md).
 
@@ -180,6 +181,8 @@ def build_domain_data(
     object store here; each evaluating rank streams the files and decodes its own rows only (`val_batches`).
     site: the domain's node-label selector under placement by domain: every read of its files runs on its
     nodes (`raymh.data.site_reads`; Ray Data tasks carry the selector), never in this process.
+    unlabeled_labels: read the labels of unlabeled rows that have them (for the pseudo-label accuracy
+    diagnostic only); False: the unlabeled set holds no label column (`ExperimentConfig.reads_unlabeled_labels`).
     """
     import ray.data
 
@@ -231,8 +234,9 @@ def build_domain_data(
         min_rows=max(min_rows, len(unlabeled) if match_unlabeled else 0), **common,
     )  # fmt: skip
     unlabeled_ds = _train_set(
-        # labels (where rows have them) travel for the pseudo-label diagnostic only
-        train_files, unlabeled, columns=["id", "image", "label"], fn=PART_FUNCTIONS["unlabeled"],
+        # labels (where rows have them) travel for the pseudo-label diagnostic only, when it may read them
+        train_files, unlabeled, columns=["id", "image", *(["label"] if unlabeled_labels else [])],
+        fn=PART_FUNCTIONS["unlabeled"],
         fn_kwargs=fn_kwargs["unlabeled"],
         what=f"{domain}.unlabeled", min_rows=min_rows, **common,
     )  # fmt: skip

@@ -78,12 +78,13 @@ class RowBlocks:
 
     def take(self, positions: Sequence[int]) -> dict[str, np.ndarray]:
         """The rows at these positions as a numpy batch {"id", "image", "label"} (bytes objects, None where
-        a row has no label), the form `raymh.data.batch_transforms` reads."""
+        a row has no label or the set was read without labels), the form `raymh.data.batch_transforms` reads."""
         stored = np.asarray(positions, dtype=np.int64) % int(self._starts[-1])
         block = np.searchsorted(self._starts, stored, side="right") - 1
         rows = [self._table(int(b)).slice(int(s - self._starts[b]), 1) for b, s in zip(block, stored, strict=True)]
-        table = pa.concat_tables(rows, promote_options="default").select(list(COLUMNS))
-        return {c: np.asarray(table[c].to_pylist(), dtype=object) for c in COLUMNS}
+        table = pa.concat_tables(rows, promote_options="default")
+        n = table.num_rows  # a set read without labels (unlabeled rows, label diagnostics off): None labels
+        return {c: np.asarray(table[c].to_pylist() if c in table.column_names else [None] * n, dtype=object) for c in COLUMNS}
 
     def shard(self, *, seed: int, rank: int, world_size: int, consumed_batches: int = 0) -> RowShard:
         """This rank's reader; consumed_batches: batches it already took (a resumed run continues there)."""

@@ -129,6 +129,7 @@ def build_domain_data(cfg: ExperimentConfig, *, sites: bool = True) -> dict[str,
             num_cpus_per_task=cfg.scaling.data_cpus or 1,
             transforms_on=cfg.data.transforms_on,
             site=d.placement if placed else None,  # placed: every read of its files on its own nodes
+            unlabeled_labels=cfg.reads_unlabeled_labels(d),
         )
 
     # Domains build side by side: each one waits on Ray work that is mostly scheduling latency (caching the

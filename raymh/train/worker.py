@@ -306,12 +306,16 @@ def _evaluate(
     domain_ranks: DomainRanks | None = None,
 ) -> dict:
     """Every rank scores its share of the val rows; under placement, of its own domain's only (another
-    domain's val images are never read off its site), and panels are drawn from rank 0's domains only."""
+    domain's val images are never read off its site), and panels are drawn only of the domains whose
+    predictions may leave their site (`domains[].share_predictions`)."""
     ranks = domain_ranks or everywhere(list(domains))
     sync_buffers(model, world, buffer_sources(ranks))  # every rank scores with the model the checkpoint holds
     panels: dict[str, list] = {d: [] for d in domains}  # (id, image, label, pred) of this rank's first val rows
+    shared = {d for d in domains if cfg.shares_predictions(d)}
 
     def keep_panel(domain, batch, pred):
+        if domain not in shared:
+            return
         for i in range(batch["image"].shape[0]):
             if len(panels[domain]) >= cfg.train.panels:
                 return
@@ -330,12 +334,14 @@ def _evaluate(
         channels_last=channels_last, on_batch=keep_panel,
     )  # fmt: skip
     metrics = miou_metrics(cms, {d: i["classes"] for d, i in domains.items()})
-    if world > 1 and cfg.train.panels and ranks.roles is None:  # rank 0 may hold no val row of a domain: all ranks'
-        gathered: list = [None] * world
-        dist.all_gather_object(gathered, panels)
-        panels = {
-            d: sorted((p for part in gathered for p in part[d]), key=lambda t: t[0])[: cfg.train.panels] for d in domains
-        }
+    if world > 1 and cfg.train.panels and shared:  # rank 0 may hold no val row of a domain: all ranks'
+        gathered: list | None = [None] * world if rank == 0 else None
+        dist.gather_object(panels, gathered, dst=0)  # to rank 0 only, which logs them
+        if rank == 0:
+            panels = {
+                d: sorted((p for part in gathered for p in part[d]), key=lambda t: t[0])[: cfg.train.panels]
+                for d in domains
+            }
     if rank == 0:
         table = " ".join(f"{d}={metrics[f'val/miou/{d}']:.3f}" for d in domains)
         say(f"eval step {step}: mIoU {table} mean={metrics['val/miou_mean']:.3f}")
