@@ -320,10 +320,18 @@ class ExperimentConfig(_Section):
                     f"{len(self.domains)} domains x scaling.workers_per_domain={s.workers_per_domain} = "
                     f"{self.train_workers}; set scaling.workers_per_domain instead (and leave num_workers at 1)"
                 )
-            if s.workers_per_domain > 1 and self.data.transforms_on == "ray_data":
+            if self.data.transforms_on == "ray_data":
                 raise ValueError(
-                    f"scaling.workers_per_domain={s.workers_per_domain} needs data.transforms_on=worker (each "
-                    "worker of a domain reads its share of the rows; Ray Data sets are not split within a domain)"
+                    "data.transforms_on=ray_data is refused under scaling.placement=by_domain: Ray Data lists the "
+                    "files and reads Parquet footers in the driver, off every site; set data.transforms_on=worker "
+                    "or tasks (docs/placement.md)"
+                )
+            raw = [f"domains[{i}] ({d.name})" for i, d in enumerate(self.domains) if d.prepared is None]
+            if raw:
+                raise ValueError(
+                    f"{', '.join(raw)}: a `root:` domain is refused under scaling.placement=by_domain, since the "
+                    "driver would prepare, hash and read its raw files; run `raymh data prepare` on a node of its "
+                    "site and give `prepared:` (a path on the site's nodes) instead"
                 )
         elif placed:
             raise ValueError(

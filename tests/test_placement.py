@@ -41,8 +41,8 @@ def test_every_entry_of_a_selector_must_match():
 
 def _placed(**over):
     sets = {
-        "scaling.placement": "by_domain", "domains.0.placement": {SITE: "a"}, "domains.1.placement": {SITE: "b"},
-        "domains.2.placement": {SITE: "c"}, **over,
+        "scaling.placement": "by_domain", **{f"domains.{i}.placement": {SITE: s} for i, s in enumerate("abc")},
+        **{f"domains.{i}.prepared": f"/data/site/{i}" for i in range(3)}, **over,
     }  # fmt: skip
     return load_config("quickstart", sets)
 
@@ -59,6 +59,14 @@ def test_config_by_domain_needs_every_domain_placed_and_counts_workers():
         _placed(**{"scaling.num_workers": 4})
     with pytest.raises(ConfigError, match="not a label selector value"):
         _placed(**{"domains.0.placement": {SITE: "a b"}})
+
+
+def test_placement_refuses_what_would_read_a_sites_data_in_the_driver():
+    with pytest.raises(ConfigError, match=r"domains\[1\] \(bdd100k\): a `root:` domain is refused"):
+        _placed(**{"domains.1.prepared": None})
+    with pytest.raises(ConfigError, match="data.transforms_on=ray_data is refused under scaling.placement"):
+        _placed(**{"data.transforms_on": "ray_data"})
+    assert _placed(**{"data.transforms_on": "tasks"}).data.transforms_on == "tasks"
 
 
 def test_under_placement_unlabeled_labels_and_predictions_stay_on_site_unless_a_domain_opts_in():
