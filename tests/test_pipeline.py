@@ -329,6 +329,32 @@ def test_tasks_mode_decodes_the_worker_modes_rows_in_ray_tasks_with_seeded_batch
         assert list(x["id"]) == list(y["id"]) and np.array_equal(x["image2"], y["image2"])
 
 
+def test_a_placed_domains_rows_are_owned_by_its_site_store_and_the_driver_holds_no_reference(ray_session, prepared):
+    """site=...: a SiteStore actor on the matching node reads the rows and owns them; the driver gets a
+    SiteRows (counts and the store's handle, no ObjectRef), which a worker of the domain resolves."""
+    import ray
+
+    from raymh.data.site_store import SiteRows
+
+    here = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}
+    dd = _build(prepared, min_rows=2, cache_encoded=True, transforms_on="worker", site=here)
+    assert isinstance(dd.labeled, SiteRows) and isinstance(dd.unlabeled, SiteRows)
+    assert dd.labeled.num_rows >= 2 and not dd.datasets() and set(dd.row_blocks()) == {"toy.labeled", "toy.unlabeled"}
+    ray.cloudpickle.dumps(dd.labeled)  # it travels to the workers
+    assert not [v for v in vars(dd.labeled).values() if isinstance(v, ray.ObjectRef) or (isinstance(v, list | tuple) and any(isinstance(x, ray.ObjectRef) for x in v))]
+
+    @ray.remote(label_selector=here)
+    def worker_side(rows):
+        blocks = rows.resolve()
+        return sorted(str(i) for i in blocks.take(range(blocks.num_rows))["id"])
+
+    assert set(ray.get(worker_side.remote(dd.labeled))) == set(dd.labeled_ids)
+    where = dd.labeled.store.__ray_call__.remote(lambda store: ray.get_runtime_context().get_node_id())
+    assert ray.get(where) == here["ray.io/node-id"]  # the store runs on the matching node
+    with pytest.raises(ValueError, match="store actor"):
+        _build(prepared, min_rows=2, cache_encoded=True, transforms_on="ray_data", site=here)
+
+
 def test_an_unlabeled_set_read_without_labels_holds_none_and_its_crops_carry_none(ray_session, prepared):
     """unlabeled_labels=False (placement's default): the unlabeled rows are read without their label column,
     so their true labels never leave the files, and the crop pairs carry no label1/label2."""

@@ -22,10 +22,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from raymh.data import site_reads, splits
+from raymh.data import site_reads, site_store, splits
 from raymh.data.batch_transforms import PART_FUNCTIONS, part_kwargs
 from raymh.data.row_blocks import RowBlocks, put_rows
 from raymh.data.sets import dataset_name
+from raymh.data.site_store import SiteRows
 from raymh.data.val_rows import ValRows
 from raymh.errors import InputError
 
@@ -50,7 +51,7 @@ class DomainData:
 
     def datasets(self) -> dict[str, Any]:
         """{dataset_name(domain, part): Ray Dataset} for TorchTrainer(datasets=...) (RowBlocks left out)."""
-        return {dataset_name(self.name, p): s for p in TRAIN_PARTS if not isinstance(s := getattr(self, p), RowBlocks)}
+        return {dataset_name(self.name, p): s for p in TRAIN_PARTS if not isinstance(s := getattr(self, p), ROWS)}
 
     def set_records(self) -> list[dict[str, Any]]:
         """What the run trains and scores on, per set (labeled, unlabeled, val): {name, context, digest, source,
@@ -66,9 +67,13 @@ class DomainData:
             })  # fmt: skip
         return out
 
-    def row_blocks(self) -> dict[str, RowBlocks]:
-        """{dataset_name(domain, part): RowBlocks}: the sets the workers read from the object store."""
-        return {dataset_name(self.name, p): s for p in TRAIN_PARTS if isinstance(s := getattr(self, p), RowBlocks)}
+    def row_blocks(self) -> dict[str, RowBlocks | SiteRows]:
+        """{dataset_name(domain, part): RowBlocks, or a placed domain's SiteRows}: the sets the workers read
+        from the object store."""
+        return {dataset_name(self.name, p): s for p in TRAIN_PARTS if isinstance(s := getattr(self, p), ROWS)}
+
+
+ROWS = (RowBlocks, SiteRows)  # train sets the workers read themselves (not Ray Datasets)
 
 
 def _repeat_rows(table: pa.Table, *, repeat: int) -> pa.Table:
@@ -78,26 +83,25 @@ def _repeat_rows(table: pa.Table, *, repeat: int) -> pa.Table:
 
 # ------------------------------------------------------------------------------------------------ building
 def _cached_rows(
-    files: list[str], ids: list[str], *, columns: list[str], repeat: int, name: str, shuffle: bool, site=None
+    files: list[str], ids: list[str], *, columns: list[str], repeat: int, name: str, shuffle: bool, site=None,
+    selector=None,
 ):
     """The rows of `ids` from the Parquet files, put in the object store one file at a time, as RowBlocks
     (repeating costs no memory). No Ray Data execution: a few Parquet reads here instead of a
-    read/filter/materialize run per set (seconds each on 2 cores). site: a placed domain's label selector;
-    the rows are then read by a task on its nodes and stay in that node's object store (`site_reads`)."""
+    read/filter/materialize run per set (seconds each on 2 cores). site: a placed domain's (SiteStore actor,
+    its name); the rows are then read and owned by that actor on the domain's nodes, and this process gets a
+    `SiteRows` (counts and the store, no reference to a row; `raymh.data.site_store`)."""
     if site is None:
         return put_rows(name, site_reads.read_tables(files, ids, columns)[:-1], repeat=repeat, shuffle=shuffle)
+    store, store_name = site
     domain = name.split(".")[0]
-    refs = site_reads.on_site(site_reads.read_tables, site, files, ids, columns, domain=domain, num_returns=len(files) + 1)
-    counts = site_reads.site_get(refs[-1], site, domain=domain)
-    kept = [(ref, n) for ref, n in zip(refs[:-1], counts, strict=True) if n]
-    if not kept:
-        raise ValueError(f"{name}: no rows to put")
-    return RowBlocks(name, [r for r, _ in kept], [n for _, n in kept], repeat=repeat, shuffle=shuffle)
+    return site_store.read_on_site(store, store_name, name, files, ids, columns, repeat=repeat, shuffle=shuffle,
+                                   selector=selector, domain=domain)  # fmt: skip
 
 
 def _train_set(
     files, ids, *, columns, fn, fn_kwargs, min_rows, shuffle, map_batch_size, num_cpus, cache_encoded, what,
-    transforms_on="ray_data", site=None,
+    transforms_on="ray_data", site=None, store=None,
 ):
     """read -> keep ids (repeated up to min_rows) [-> cache] -> shuffle -> small blocks -> decode + augment.
 
@@ -116,10 +120,15 @@ def _train_set(
     if transforms_on == "tasks" and not cache_encoded:
         raise ValueError(f"{what}: transforms_on='tasks' decodes cached rows; it needs cache_encoded=True")
     if transforms_on in ("worker", "tasks") and cache_encoded:
-        return _cached_rows(files, ids, columns=columns, repeat=repeat, name=what, shuffle=shuffle, site=site)
+        return _cached_rows(
+            files, ids, columns=columns, repeat=repeat, name=what, shuffle=shuffle, site=store, selector=site
+        )
+    if site is not None:
+        raise ValueError(
+            f"{what}: a placed domain's rows are read on its site by a store actor, which needs "
+            "transforms_on='worker' or 'tasks' with cache_encoded=True (Ray Data would read in the driver)"
+        )
     ds = ray.data.read_parquet(files)
-    if site is not None:  # every task of this Dataset (read, decode, shuffle) on the domain's nodes
-        ds.context.execution_options.label_selector = dict(site)
     ds = ds.select_columns(columns).map_batches(
         site_reads.select_rows, batch_format="pyarrow", batch_size=None, fn_kwargs={"ids": ids}
     )
@@ -227,6 +236,7 @@ def build_domain_data(
         "num_cpus": num_cpus_per_task,
         "transforms_on": transforms_on,
         "site": site,
+        "store": site_store.open_store(domain, site) if site is not None else None,  # reads and owns the rows there
     }
     labeled_ds = _train_set(
         train_files, labeled, columns=["id", "image", "label"], fn=PART_FUNCTIONS["labeled"],

@@ -2,11 +2,9 @@
 
 Under `scaling.placement: by_domain` the driver never opens a domain's Parquet files: a Ray task with the
 domain's label selector scans them (`scan`: the manifest, the file lists, the ids and which have a label:
-small metadata that travels to the driver), and, with `data.transforms_on: worker`,
-another reads the encoded train rows and returns them as the task's results (`read_tables`): Ray stores
-task results in the object store of the node that ran the task, and the driver holds only their
-references, so the rows stay on the site until that domain's workers (placed by the same selector) read
-them there. Without placement the same functions run in the driver process.
+small metadata that travels to the driver), and the domain's `SiteStore` actor reads the encoded train rows
+there (`read_tables`) and keeps them (`raymh.data.site_store`): not a task the driver submits, whose small
+results Ray would hand back inline to the driver. Without placement the same functions run in the driver.
 """
 
 from __future__ import annotations

@@ -305,6 +305,8 @@ def train_shards(
     def get(name: str) -> Any:
         if name in blocks:
             part = name.rsplit(".", 1)[-1]
+            if hasattr(blocks[name], "resolve"):  # a placed domain's SiteRows: its references, from its store
+                blocks[name] = blocks[name].resolve()
             shard = blocks[name].shard(
                 seed=seed, rank=rank, world_size=world_size, consumed_batches=consumed.get(part, 0)
             )
