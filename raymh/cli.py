@@ -107,7 +107,7 @@ def evaluate(checkpoint, config, overrides, address) -> None:
     """Evaluate a checkpoint on every domain's val split (per-domain and mean mIoU)."""
     console.install()
     from raymh.train.checkpoint import UnsafeCheckpointError
-    from raymh.train.driver import evaluate_checkpoint
+    from raymh.train.eval_checkpoint import evaluate_checkpoint
 
     try:
         evaluate_checkpoint(checkpoint, config=config, overrides=list(overrides), address=address)

@@ -110,6 +110,21 @@ def test_each_domains_reads_and_worker_run_on_its_own_node(sites, e2e_root, tmp_
     assert evals and all(not [p for p in client.list_artifacts(run.info.run_id, e) if "panels" in p.path or "predictions" in p.path] for e in evals)
     assert not any(k.startswith("train/pseudo_acc") for k in run.data.metrics)  # unlabeled labels never read
 
+    # `raymh eval` scores each domain on its own node and gets its confusion matrix only
+    scored = subprocess.run(
+        [str(BIN / "raymh"), "eval", "--checkpoint", str(tmp_path / "runs" / "placed")],
+        env={**sites.env, "RAY_TMPDIR": str(sites.root)}, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert scored.returncode == 0 and "each on its own site" in scored.stdout, (scored.stdout + scored.stderr)[-3000:]
+    deadline = time.monotonic() + 60
+    while True:
+        evals = {t["name"].split(":")[1]: t["node_id"] for t in _state(sites, "tasks")
+                 if t["name"].startswith("raymh-eval:") and t["state"] == "FINISHED"}  # fmt: skip
+        if len(evals) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert evals == {d: node_of[site] for d, site in site_of_domain.items()}, evals
+
 
 def test_a_selector_matching_no_node_fails_before_training(sites, e2e_root, tmp_path):
     done = _train(sites, e2e_root, tmp_path, "nowhere", site_b="eu-1")

@@ -102,15 +102,15 @@ def run_tags(cfg: ExperimentConfig) -> dict[str, str]:
     return {**tags, **source_tags()}
 
 
-def build_domain_data(cfg: ExperimentConfig, *, sites: bool = True) -> dict[str, Any]:
+def build_domain_data(cfg: ExperimentConfig) -> dict[str, Any]:
     """Prepared dirs -> per-domain Ray Datasets (labeled, unlabeled, val) and their split lists. Under
-    placement by domain (and `sites`), every read of a domain's files runs on its own nodes."""
+    placement by domain, every read of a domain's files runs on its own nodes."""
     from raymh.data.cache import prepared_dirs
     from raymh.data.driver_datasets import build_domain_data as build_one
 
     prepared = prepared_dirs(cfg)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines drown raymh's own
-    placed = sites and cfg.scaling.placement == "by_domain"
+    placed = cfg.scaling.placement == "by_domain"
     readers = cfg.scaling.workers_per_domain if placed else cfg.train_workers  # ranks sharing a domain's sets
     # rows one step takes from a set over all its readers; elastic: the batch sizes are that already
     min_rows = (1 if cfg.scaling.elastic else readers) * max(cfg.data.labeled_batch_size, cfg.data.unlabeled_batch_size)
@@ -454,45 +454,6 @@ def results_table(outcome: FitOutcome, cfg: ExperimentConfig, uri: str) -> str:
         "=" * 40,
     ]
     return "\n".join(lines)
-
-
-def evaluate_checkpoint(
-    checkpoint: str, *, config: str | None = None, overrides: list[str] | None = None, address: str | None = None
-) -> dict[str, float]:
-    """`raymh eval`: load a checkpoint (or a run's best one) and evaluate every domain's val split."""
-    import torch
-
-    from raymh.data.worker_batches import val_batches
-    from raymh.model import normalize_uint8
-    from raymh.train.checkpoint import CONFIG_FILE, model_from_checkpoint, read_state
-    from raymh.train.evaluate import evaluate_domains, miou_metrics
-    from raymh.train.worker import precision_settings
-
-    ckpt = find_checkpoint(checkpoint)
-    state = read_state(ckpt)  # first: a refused (unsafe) file stops before Ray starts
-    cfg = load_config(config or str(ckpt / CONFIG_FILE), overrides or [])
-    print(f"[raymh] evaluating {ckpt} on {[d.name for d in cfg.domains]} ({cfg.train.eval_mode})", flush=True)
-    init_ray(cfg, address, train=False)
-    if cfg.scaling.placement == "by_domain":
-        print("[raymh] placement by domain applies to training: eval reads every domain's data here", flush=True)
-    data = build_domain_data(cfg, sites=False)
-    model = model_from_checkpoint(ckpt, cfg.model, {n: dd.num_classes for n, dd in data.items()}, state=state)
-    val = {n: val_batches(dd.val, rank=0, world_size=1, size=cfg.data.val_size) for n, dd in data.items()}
-    torch.set_num_threads(cfg.scaling.cpus_per_worker)
-    # the training loop's evaluation precision (bf16 + channels_last where native under `auto`)
-    autocast_dtype, channels_last = precision_settings(cfg, torch.device("cpu"))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    cms = evaluate_domains(
-        model, val, {n: dd.num_classes for n, dd in data.items()}, normalize=normalize_uint8,
-        mode=cfg.train.eval_mode, window=cfg.train.eval_crop or cfg.data.crop_size,
-        autocast_dtype=autocast_dtype, channels_last=channels_last,
-    )  # fmt: skip
-    metrics = miou_metrics(cms, {n: list(dd.manifest["classes"]) for n, dd in data.items()})
-    for n in data:
-        print(f"  {n:<14}{metrics[f'val/miou/{n}']:.4f}")
-    print(f"  {'mean':<14}{metrics['val/miou_mean']:.4f}", flush=True)
-    return metrics
 
 
 def find_checkpoint(path_or_run: str, storage_path: str | None = None) -> Path:
