@@ -263,6 +263,15 @@ def _showwarning(message, category, filename, lineno, file=None, line=None):
 
 
 # ------------------------------------------------------------------------------------------------ install
+def quiet_tune_output() -> None:
+    """Before a Tuner runs: Tune's output engine prints a "Configuration for experiment" box, the results
+    path and a TensorBoard hint on the driver's stdout whatever its verbosity, though raymh records to
+    MLflow; its older engine, at verbose=0, prints nothing (raymh prints where the runs and their records
+    are itself). Unchanged with --verbose."""
+    if not _verbose:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+
+
 def install() -> None:
     """Route Ray's chatter to the log file (no-op with --verbose). Call once Ray is initialised."""
     if _verbose:

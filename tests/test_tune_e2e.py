@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.slow
 SPACE = Path(__file__).resolve().parents[1] / "tune_spaces" / "quick.yaml"
 
 
-def test_quick_sweep_logs_a_parent_and_one_child_per_trial(ray_local, e2e_root, tmp_path):
+def test_quick_sweep_logs_a_parent_and_one_child_per_trial(ray_local, e2e_root, tmp_path, capfd):
     overrides = tiny_overrides(e2e_root, **{"tracking.tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
                                             "tracking.storage_path": str(tmp_path / "runs")})  # fmt: skip
     best_file = tmp_path / "best.yaml"
@@ -45,6 +46,10 @@ def test_quick_sweep_logs_a_parent_and_one_child_per_trial(ray_local, e2e_root, 
     best_cfg = load_config(str(best_file))
     assert best_cfg.loss.dc_weight == pytest.approx(float(best_child.data.params["loss.dc_weight"]))
     assert all(math.isfinite(r["metric"]) for r in out["rows"])
+    console = capfd.readouterr().out
+    assert "Configuration for experiment" not in console and "TensorBoard" not in console  # Tune's own output
+    steps = re.findall(r"\[raymh\] trial (\w+): step \d+/4", console)
+    assert len(set(steps)) == 2, console[-3000:]  # each trial's progress lines say which trial they are of
 
 
 def test_bad_space_fails_before_any_trial(tmp_path):

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from raymh import console
 from raymh.config import ConfigError, apply_overrides, config_from_dict, load_config_dict, to_yaml
 from raymh.evidence import render
 from raymh.evidence.report import load_evidence, write_outputs
@@ -29,7 +30,8 @@ def _trial_fn(config: dict[str, Any], *, base: dict[str, Any], name: str, parent
     cfg = config_from_dict(apply_overrides(base, trial.overrides(base)), where=f"trial {trial.cell} seed {trial.seed}")
     cfg.tracking.run_name = f"{name}-{trial.slug}"
     t0 = time.perf_counter()
-    outcome = fit(cfg, parent_run_id=parent_run_id, callbacks=[EvalReportCallback()], quiet=True, tags=trial.tags())
+    outcome = fit(cfg, parent_run_id=parent_run_id, callbacks=[EvalReportCallback()], quiet=True, tags=trial.tags(),
+                  console_label=trial.slug)  # fmt: skip
     if not outcome.ok:
         raise RuntimeError(f"trial {trial.cell} seed {trial.seed} failed: {outcome.error}")
     m = outcome.metrics
@@ -144,6 +146,7 @@ def run_reproduce(
           flush=True)  # fmt: skip
 
     trainable = tune.with_parameters(_trial_fn, base=base, name=name, parent_run_id=parent.run_id)
+    console.quiet_tune_output()  # no Tune box or TensorBoard hint on the console
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
         param_space={"trial": tune.grid_search([t.__dict__ for t in trials])},

@@ -147,8 +147,10 @@ def build_trainer(
     mlflow: dict[str, Any] | None,
     callbacks: list | None = None,
     stop_flag: str | None = None,
+    console_label: str | None = None,
 ):
-    """The TorchTrainer of one experiment (Train V2); stop_flag: the name of the run's StopFlag actor."""
+    """The TorchTrainer of one experiment (Train V2); stop_flag: the name of the run's StopFlag actor;
+    console_label: what the workers' progress lines start with (a Tune trial's short name)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -186,6 +188,7 @@ def build_trainer(
         "val_rows": {name: dd.val for name, dd in domain_data.items()},
         "mlflow": mlflow,
         "stop_flag": stop_flag,
+        "console_label": console_label,
         "run_dir": str(run_dir) if run_dir else f"{storage_root(cfg)}/{run_name}",
     }
     return TorchTrainer(
@@ -253,8 +256,10 @@ def fit(
     quiet: bool = False,
     sampled: dict[str, Any] | None = None,
     tags: dict[str, str] | None = None,
+    console_label: str | None = None,
 ) -> FitOutcome:
-    """Train one experiment end to end; prints progress and a results table; never loses the run record."""
+    """Train one experiment end to end; prints progress and a results table; never loses the run record.
+    console_label: the workers' progress lines start with it (Tune trials: which trial a line is of)."""
     if resume:
         files = _run_files(cfg, resume)
         if not (files / "run.json").is_file():
@@ -320,7 +325,7 @@ def fit(
     flag = create_stop_flag(run_name) if interactive else None
     trainer = build_trainer(
         cfg, domain_data, run_name=run_name, mlflow=mlflow_info, callbacks=callbacks,
-        stop_flag=stop_flag_name(run_name) if flag is not None else None,
+        stop_flag=stop_flag_name(run_name) if flag is not None else None, console_label=console_label,
     )  # fmt: skip
     from ray.train import TrainingFailedError
 

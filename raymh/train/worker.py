@@ -175,13 +175,17 @@ def _all_ranks_finite(value: torch.Tensor, world: int) -> bool:
     return not _any_rank(not torch.isfinite(value).item(), world)
 
 
+_SAY = {"label": None}  # this worker process's train loop's console label (a Tune trial's name), set once
+
+
 def say(message: str) -> None:
-    """A progress line for the driver's console, printed once.
+    """A progress line for the driver's console, printed once; a Tune trial's lines start with its name.
 
     Train V2 patches `print` in workers to log through the root logger and, when something has wrapped
     sys.stdout, to print as well; both reach the driver, so every line showed twice. Writing to the real
     stdout bypasses the patch; Ray forwards it to the driver once."""
-    print(f"[raymh] {message}", file=sys.__stdout__, flush=True)
+    label = f"{_SAY['label']}: " if _SAY["label"] else ""
+    print(f"[raymh] {label}{message}", file=sys.__stdout__, flush=True)
 
 
 def quiet_ray_logs() -> None:
@@ -200,6 +204,7 @@ def quiet_ray_logs() -> None:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     quiet_ray_logs()
+    _SAY["label"] = config.get("console_label")
     cfg = config_from_dict(config["experiment"])
     domains: dict[str, dict] = config["domains"]  # name -> {"num_classes", "classes", "palette"}
     ctx = ray.train.get_context()

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from raymh import console
 from raymh.config import config_from_dict, load_config_dict, to_yaml
 from raymh.train.interrupt import run_interruptible, stop_sweep_at_once
 from raymh.train.tracking import TrackedRun, resolve_tracking_uri
@@ -44,7 +45,8 @@ def _trial(
     trial_id = ray.tune.get_context().get_trial_id()
     cfg.tracking.run_name = f"{sweep_name}-{trial_id}"
     outcome = fit(
-        cfg, parent_run_id=parent_run_id, callbacks=[EvalReportCallback()], quiet=True, sampled=sample
+        cfg, parent_run_id=parent_run_id, callbacks=[EvalReportCallback()], quiet=True, sampled=sample,
+        console_label=f"trial {trial_id}",
     )
     if not outcome.ok:
         raise RuntimeError(f"trial {trial_id} failed: {outcome.error}")
@@ -119,6 +121,7 @@ def run_sweep(
     kwargs = tune_config_kwargs(space, config=base_cfg)
     if concurrent:
         kwargs["max_concurrent_trials"] = concurrent
+    console.quiet_tune_output()  # no Tune box or TensorBoard hint on the console
     tuner = tune.Tuner(
         tune.with_resources(trainable, res),
         param_space=to_tune_param_space(space),
