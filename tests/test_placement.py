@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 
 from raymh.config import ConfigError, load_config
+from raymh.selectors import matches
 from raymh.train.placement import (
     Node,
     PlacementError,
     assign_ranks,
     check_placement,
-    matches,
     worker_selectors,
 )
 

@@ -17,12 +17,12 @@ from raymh.infer.loading import load_bundle
 from raymh.model import MultiHeadDeepLab
 from raymh.train.checkpoint import (
     UnsafeCheckpointError,
+    find_checkpoint,
     inference_record,
     load_state,
     read_state,
     save_state,
 )
-from raymh.train.driver import find_checkpoint
 from raymh.train.optim import build_optimizer, poly_scheduler
 
 

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-IGNORE_INDEX = 255
+from raymh.conventions import FEATURE_STRIDE, IGNORE_INDEX
+
 MEAN_COLOR = (124, 116, 104)  # ImageNet mean in 0..255: the fill for padded image pixels
-BOX_STRIDE = 8  # the stride of the projected features z (docs/method.md)
+BOX_STRIDE = FEATURE_STRIDE  # overlap boxes fall on the projected features' grid (docs/method.md)
 
 
 # ---------------------------------------------------------------------------------------------- decoding

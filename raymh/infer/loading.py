@@ -73,8 +73,7 @@ def load_bundle(ref: str, *, tracking_uri: str | None = None) -> ModelBundle:
 
 def bundle_from_checkpoint(ref: str) -> ModelBundle:
     """A checkpoint dir, or the best checkpoint of a run dir / run name."""
-    from raymh.train.checkpoint import read_state
-    from raymh.train.driver import find_checkpoint
+    from raymh.train.checkpoint import find_checkpoint, read_state
 
     ckpt = find_checkpoint(ref)
     state = read_state(ckpt)

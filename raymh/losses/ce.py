@@ -6,11 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from raymh.conventions import IGNORE_INDEX
+
 __all__ = ["cross_entropy"]
 
 
 def cross_entropy(
-    logits: Tensor, labels: Tensor, *, ignore_index: int = 255, normalizer: float | None = None
+    logits: Tensor, labels: Tensor, *, ignore_index: int = IGNORE_INDEX, normalizer: float | None = None
 ) -> Tensor:
     """Mean pixel cross-entropy over non-ignored labels, logits upsampled bilinearly to the label size, in fp32.
 

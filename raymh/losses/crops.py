@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from raymh.conventions import FEATURE_STRIDE
 from raymh.losses.dcloss import direction_masks, directional_contrastive_loss
 from raymh.losses.world import LOCAL, World
 from raymh.model.precision import at_least_fp32
 
 __all__ = ["dc_loss_from_crops", "overlap_anchors"]
 
-STRIDE = 8
+STRIDE = FEATURE_STRIDE
 
 
 def dc_loss_from_crops(

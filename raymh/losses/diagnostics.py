@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from raymh.data.transforms import IGNORE_INDEX
-from raymh.losses.crops import STRIDE
+from raymh.conventions import FEATURE_STRIDE as STRIDE
+from raymh.conventions import IGNORE_INDEX
 
 __all__ = ["cell_labels", "pseudo_label_accuracy", "similarity_stats"]
 

@@ -9,6 +9,8 @@ it holds only tensors and plain Python values, and a file that needs more is ref
 
 from __future__ import annotations
 
+import json
+import math
 import pickle
 import random
 from pathlib import Path
@@ -195,3 +197,26 @@ def model_from_checkpoint(
     )  # fmt: skip
     model.load_state_dict((state or read_state(directory))["model"])
     return model.eval()
+
+
+def find_checkpoint(path_or_run: str, storage_path: str | None = None) -> Path:
+    """A checkpoint dir as given, or the best-scoring checkpoint of a run directory / run name."""
+    path = Path(path_or_run).expanduser()
+    if not path.exists() and storage_path is None:  # a run name under the default storage path
+        from raymh.config import load_config
+        from raymh.train.places import resolve_local
+
+        path = Path(resolve_local(load_config("quickstart").tracking.storage_path)) / path_or_run
+    if (path / STATE_FILE).is_file():
+        return path
+    candidates = sorted(path.glob(f"checkpoint_*/{STATE_FILE}")) if path.is_dir() else []
+    if not candidates:
+        raise FileNotFoundError(f"{path_or_run}: neither a checkpoint dir (with {STATE_FILE}) nor a run dir with checkpoints")
+
+    def score(p: Path) -> float:
+        metrics = p.parent / "metrics.json"
+        if metrics.is_file():
+            return json.loads(metrics.read_text()).get("val/miou_mean", -math.inf)
+        return read_state(p.parent)["step"]
+
+    return max(candidates, key=score).parent

@@ -32,7 +32,6 @@ from raymh.config import (
     TrackingConfig,
     config_from_dict,
     flatten,
-    load_config,
     load_config_dict,
     to_yaml,
 )
@@ -459,24 +458,3 @@ def results_table(outcome: FitOutcome, cfg: ExperimentConfig, uri: str) -> str:
         "=" * 40,
     ]
     return "\n".join(lines)
-
-
-def find_checkpoint(path_or_run: str, storage_path: str | None = None) -> Path:
-    """A checkpoint dir as given, or the best-scoring checkpoint of a run directory / run name."""
-    from raymh.train.checkpoint import STATE_FILE, read_state
-
-    path = Path(path_or_run).expanduser()
-    if not path.exists() and storage_path is None:
-        path = Path(storage_root(load_config("quickstart"))) / path_or_run
-    if (path / STATE_FILE).is_file():
-        return path
-    candidates = sorted(path.glob(f"checkpoint_*/{STATE_FILE}")) if path.is_dir() else []
-    if not candidates:
-        raise FileNotFoundError(f"{path_or_run}: neither a checkpoint dir (with {STATE_FILE}) nor a run dir with checkpoints")
-    def score(p: Path) -> float:
-        metrics = p.parent / "metrics.json"
-        if metrics.is_file():
-            return json.loads(metrics.read_text()).get("val/miou_mean", -math.inf)
-        return read_state(p.parent)["step"]
-
-    return max(candidates, key=score).parent

@@ -8,54 +8,22 @@ the domain's read tasks), so Ray enforces it; raymh matches it itself only to fa
 that lists the nodes, and to tell each rank its domain (Ray Train orders ranks by node, not by the order of
 the per-worker selectors, so a rank finds its domain from its own node's labels).
 
-No Ray import at module level: the config validates selectors with `check_selector`.
+No Ray import at module level. The selector grammar (`check_selector`, `matches`) is in `raymh.selectors`,
+which the config uses too.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from raymh.errors import InputError
-
-_NAME = r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?"
-_KEY = re.compile(rf"^({_NAME}(\.{_NAME})*/)?{_NAME}$")
-_VALUE = re.compile(rf"^(?P<neg>!)?(?:(?P<op>in)\((?P<set>{_NAME}(?:, ?{_NAME})*)\)|(?P<one>{_NAME}))$")
+from raymh.selectors import matches
 
 
 class PlacementError(InputError):
     """A domain's placement cannot be honoured by the cluster; the message names the domain, its selector
     and every node's labels."""
-
-
-def check_selector(selector: Mapping[str, str]) -> None:
-    """Raise ValueError naming the bad key or value of a node-label selector."""
-    for key, value in selector.items():
-        if not isinstance(key, str) or not _KEY.match(key):
-            raise ValueError(f"placement label {key!r} is not a node label key (e.g. raymh.io/site)")
-        if not isinstance(value, str) or not _VALUE.match(value):
-            raise ValueError(
-                f"placement {key}: {value!r} is not a label selector value; use v, !v, in(a,b) or !in(a,b) "
-                "(letters, digits, '-', '_', '.')"
-            )
-
-
-def _condition(value: str) -> tuple[bool, frozenset[str]]:
-    m = _VALUE.match(value)
-    if m is None:
-        raise ValueError(f"{value!r} is not a label selector value")
-    values = m["one"] if m["one"] is not None else m["set"]
-    return bool(m["neg"]), frozenset(v.strip() for v in values.split(","))
-
-
-def matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    """Whether a node with these labels satisfies every entry of the selector (Ray's semantics)."""
-    for key, value in selector.items():
-        negate, values = _condition(value)
-        if (labels.get(key) in values) == negate:
-            return False
-    return True
 
 
 def describe_selector(selector: Mapping[str, str]) -> str:

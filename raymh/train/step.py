@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from raymh.config import ExperimentConfig, LossConfig
+from raymh.conventions import IGNORE_INDEX
 from raymh.losses import cross_entropy, dc_loss_from_crops, mix_loss
 from raymh.losses.diagnostics import pseudo_label_accuracy
 from raymh.losses.world import LOCAL, World
@@ -90,7 +91,7 @@ def mix_loss_step(
     labels = {d: batches[d]["labeled"]["label"].to(dev, non_blocking=True) for d in outputs}
     worlds = dict(domain_worlds) if domain_worlds is not None else {d: world for d in outputs}
     # labeled pixels per domain over the domain's ranks, the CE's divisor (None: this rank's batch is all)
-    pixels = _global_sums({d: (labels[d] != 255).sum().float() for d in outputs}, worlds)
+    pixels = _global_sums({d: (labels[d] != IGNORE_INDEX).sum().float() for d in outputs}, worlds)
     per_domain, stats = {}, {}
     for domain, out in outputs.items():
         n_lab, n_unl = sizes[domain]
