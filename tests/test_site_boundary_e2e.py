@@ -25,12 +25,14 @@ from tests.ray_head import BIN, RayHead
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 SITE = "raymh.io/site"
 SITES = {"cityscapes": "a", "bdd100k": "b"}
-ROWS_CREATED_IN = "site_store.py"  # where a site store puts a domain's row tables (ray.put)
+DATA_CODE = "raymh/data/"  # objects created by raymh's data code: row tables, read results
+STORE_CODE = "site_store.py"  # where a site store puts a domain's row tables (ray.put)
 
 
-def _is_row_table(obj: dict) -> bool:
-    """A row table a site store put: created in site_store.py, not an actor handle (ids of f's, no size)."""
-    return ROWS_CREATED_IN in (obj.get("call_site") or "") and not obj["object_id"].startswith("ffffffffffffffff")
+def _is_data_object(obj: dict) -> bool:
+    """An object raymh's data code created (a row table, a read task's result), not an actor handle (whose
+    ids start with f's): what must stay on its site."""
+    return DATA_CODE in (obj.get("call_site") or "") and not obj["object_id"].startswith("ffffffffffffffff")
 
 
 def _isolation_available() -> bool:
@@ -86,7 +88,7 @@ def test_a_placed_run_reads_each_sites_data_only_on_that_site(sites, e2e_root, t
     held: dict[str, dict] = {}  # object id -> the last record of it, per holder (pid, type)
     while run.poll() is None:  # Ray's records of who holds which object, while the run holds them
         for obj in _state(sites, "objects"):
-            if _is_row_table(obj):
+            if _is_data_object(obj):
                 held.setdefault(obj["object_id"], {})[(obj["pid"], obj["type"])] = obj
         time.sleep(2)
     out = (tmp_path / "train.log").read_text()
@@ -98,9 +100,10 @@ def test_a_placed_run_reads_each_sites_data_only_on_that_site(sites, e2e_root, t
         pids[w["pid"]] = w["node_id"]
     stores = {a["name"].split(":")[1]: a for a in _state(sites, "actors", "class_name=SiteStore")}
     assert {d: stores[d]["node_id"] for d in SITES} == {d: node_of_site[s] for d, s in SITES.items()}
-    assert held, "no reference to a site store's row tables was seen while the run trained"
+    from_stores = {i: h for i, h in held.items() if any(STORE_CODE in o.get("call_site", "") for o in h.values())}
+    assert from_stores, "no reference to a site store's row tables was seen while the run trained"
     store_pids = {a["pid"] for a in stores.values()}
-    assert all(any(pid in store_pids for pid, _ in holders) for holders in held.values()), held  # owned by a store
+    assert all(any(pid in store_pids for pid, _ in h) for h in from_stores.values()), from_stores  # owned there
     for object_id, holders in held.items():
         assert not [h for h in holders if h[1] == "DRIVER"], (object_id, holders)  # never the driver
         nodes = {pids.get(pid) for pid, _ in holders}
