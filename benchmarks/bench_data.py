@@ -167,7 +167,9 @@ def main() -> None:
 
     import ray
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from raymh.platform.cluster import init_ray
+
+    init_ray(None, "local", num_cpus=args.cpus, log_to_driver=False)  # raymh's own start: never a stale head
     results: dict[str, list[dict[str, float]]] = {m: [] for m in [*modes, "torch"]}
     with tempfile.TemporaryDirectory() as tmp:
         prepared = prepared_at_size(args.size, images=args.images, val_images=2, work=args.work or Path(tmp))

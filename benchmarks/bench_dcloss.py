@@ -2,7 +2,7 @@
 
 Cases, each at the Cityscapes per-worker size (n=7938 anchors, N=129600 negatives, D=128, 19 classes) and a
 small size: (a) raymh's streamed `directional_contrastive_loss`, (b) the dense reference of the formula
-(tests/loss_reference.py; skipped where its n x N matrices would not fit), (c) the matmul baseline: for each
+(raymh/losses/dense_reference.py; skipped where its n x N matrices would not fit), (c) the matmul baseline: for each
 side, S = anchors @ negatives^T then S @ negatives with ALL n anchors, chunked over negatives (the forward
 and gradient products with no exp, masks or reductions). Inputs: random unit vectors, c ~ U(0,1).
 
@@ -29,7 +29,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from raymh.losses import directional_contrastive_loss  # noqa: E402
 
@@ -69,7 +68,7 @@ def run_case(
         )  # fmt: skip
         loss.backward()
     elif case == "dense":
-        from loss_reference import dense_dcloss
+        from raymh.losses.dense_reference import dense_dcloss
 
         loss = dense_dcloss(
             x["a1"], x["a2"], x["y1"], x["y2"], x["c1"], x["c2"], x["neg"], x["neg_labels"],

@@ -126,9 +126,9 @@ def main() -> None:
     from ray.train.torch import TorchTrainer
 
     from raymh.data.driver_datasets import build_domain_data
+    from raymh.platform.cluster import init_ray
 
-    ray.init(num_cpus=args.workers * args.cpus_per_worker + 1, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)  # fmt: skip
+    init_ray(None, "local", num_cpus=args.workers * args.cpus_per_worker + 1, log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
         prepared = prepared_at_size(args.size, images=2, val_images=args.images, work=args.work or Path(tmp),
                                     shard_rows=args.shard_rows)

@@ -93,6 +93,7 @@ def main() -> None:
     import ray
 
     from raymh.infer.predict import run_predict
+    from raymh.platform.cluster import init_ray
 
     with tempfile.TemporaryDirectory(prefix="raymh-bench-predict-") as tmp:
         tmp = Path(tmp)
@@ -103,7 +104,7 @@ def main() -> None:
         plain_ips = plain_loop(tmp / "ckpt", tmp / "images", tmp / "plain", threads=args.threads,
                                batch_size=args.batch_size)  # fmt: skip
         print(f"[raymh] plain loop: {plain_ips:.2f} img/s", flush=True)
-        ray.init(include_dashboard=False, runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
+        init_ray(None, "local")  # raymh's own start: a dead head's record is never retried
         try:
             s = run_predict(str(tmp / "ckpt"), domain="cityscapes", input=str(tmp / "images"), out=tmp / "ray",
                             fmt="trainid", batch_size=args.batch_size, cpus_per_worker=args.threads, quiet=True)  # fmt: skip

@@ -34,7 +34,7 @@ def timed_steps(cfg: ExperimentConfig, num_classes: dict[str, int], batches, *, 
     from raymh.model import MultiHeadDeepLab
     from raymh.train.checkpoint import unwrap
     from raymh.train.optim import build_optimizer, poly_scheduler
-    from raymh.train.step import mix_loss_step
+    from raymh.train.step import dc_weight_at, mix_loss_step
     from raymh.train.worker import precision_settings
 
     torch.manual_seed(0)
@@ -51,7 +51,7 @@ def timed_steps(cfg: ExperimentConfig, num_classes: dict[str, int], batches, *, 
     times = []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        out = mix_loss_step(model, next(batches), cfg, step=i, autocast_dtype=autocast_dtype, channels_last=channels_last)
+        out = mix_loss_step(model, next(batches), cfg, dc_weight=dc_weight_at(i, cfg.loss), autocast_dtype=autocast_dtype, channels_last=channels_last)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
@@ -98,12 +98,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     from raymh.data.sets import dataset_name
     from raymh.data.worker_batches import StepBatches, train_shards
-    from raymh.train.cluster import init_ray
-    from raymh.train.driver import build_domain_data
+    from raymh.platform.cluster import init_ray
+    from raymh.run.driver import domain_sets
     from raymh.train.worker import worker_transforms
 
     init_ray(cfg)
-    data = build_domain_data(cfg)
+    data = domain_sets(cfg)
     num_classes = {name: dd.num_classes for name, dd in data.items()}
     sets = {dataset_name(n, part): getattr(dd, part) for n, dd in data.items() for part in ("labeled", "unlabeled")}
     row_blocks = {n: s for dd in data.values() for n, s in dd.row_blocks().items()}  # data.transforms_on: worker
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                                "steps": args.steps, "warmup": args.warmup, "row_blocks": row_blocks},  # fmt: skip
             scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
             datasets=datasets,
-            # as raymh.train.driver.build_trainer: one worker reads the sets whole (no split coordinators)
+            # as raymh.run.driver.build_trainer: one worker reads the sets whole (no split coordinators)
             dataset_config=ray.train.DataConfig(datasets_to_split=[]),
             run_config=ray.train.RunConfig(name="bench_step", storage_path=storage),
         )

@@ -15,7 +15,7 @@ import click
 from raymh import __version__, console
 from raymh.config import ConfigError, load_config, preset_names, to_yaml
 from raymh.errors import InputError
-from raymh.train.cluster import RayClusterError
+from raymh.platform.cluster import RayClusterError
 
 CONFIG_HELP = f"preset name ({', '.join(preset_names())}) or a YAML file"
 SET_HELP = "dotted override, e.g. --set loss.dc_weight=0.2 (repeatable)"
@@ -92,7 +92,7 @@ def train(config, overrides, resume, address, workers, use_gpu) -> None:
 
         prepared_dirs(cfg)
     console.install()
-    from raymh.train.driver import fit
+    from raymh.run.driver import fit
 
     outcome = fit(cfg, resume=resume, address=address)
     sys.exit(0 if outcome.ok else 1)
@@ -106,8 +106,8 @@ def train(config, overrides, resume, address, workers, use_gpu) -> None:
 def evaluate(checkpoint, config, overrides, address) -> None:
     """Evaluate a checkpoint on every domain's val split (per-domain and mean mIoU)."""
     console.install()
+    from raymh.run.eval_checkpoint import evaluate_checkpoint
     from raymh.train.checkpoint import UnsafeCheckpointError
-    from raymh.train.eval_checkpoint import evaluate_checkpoint
 
     try:
         evaluate_checkpoint(checkpoint, config=config, overrides=list(overrides), address=address)
@@ -180,7 +180,7 @@ def reproduce(table, config, seeds, first_seed, render_seed, fractions, full, ov
 def report(run_ids, tracking_uri, out) -> None:
     """Rebuild a `raymh reproduce` table and its figures from MLflow alone."""
     from raymh.evidence.report import report as build_report
-    from raymh.train.tracking import resolve_tracking_uri
+    from raymh.platform.tracking import resolve_tracking_uri
 
     build_report(list(run_ids), uri=tracking_uri or resolve_tracking_uri(None), out=out)
 
@@ -196,12 +196,12 @@ EXPERIMENT_HELP = "MLflow experiment (repeatable; default: every experiment of t
 @click.pass_context
 def runs(ctx: click.Context, tracking_uri, experiments, limit) -> None:
     """List recorded runs: status, steps, best and last mean val mIoU, per-domain mIoU, eval/resume commands."""
-    from raymh.train.tracking import absolute_tracking_uri, resolve_tracking_uri
+    from raymh.platform.tracking import absolute_tracking_uri, resolve_tracking_uri
 
     uri = resolve_tracking_uri(None) if tracking_uri is None else absolute_tracking_uri(tracking_uri)
     ctx.obj = {"uri": uri, "experiments": list(experiments) or None}
     if ctx.invoked_subcommand is None:
-        from raymh.train.runs import list_runs, runs_table
+        from raymh.run.runs import list_runs, runs_table
 
         click.echo(runs_table(list_runs(uri, ctx.obj["experiments"], limit=limit), uri))
 
@@ -211,7 +211,7 @@ def runs(ctx: click.Context, tracking_uri, experiments, limit) -> None:
 @click.pass_obj
 def runs_show(obj, run: str) -> None:
     """One run (by name or MLflow id): its config diff against its preset and its evaluation table."""
-    from raymh.train.runs import show_run
+    from raymh.run.runs import show_run
 
     click.echo(show_run(obj["uri"], run, obj["experiments"]))
 MODEL_HELP = "a run name or run dir (its best checkpoint), a checkpoint dir, or an MLflow model URI (runs:/ID/model)"

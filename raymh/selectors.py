@@ -1,7 +1,7 @@
 """Ray node-label selectors, the grammar alone: `{label: value}` with Ray's value forms `v` (the label
 equals v), `!v` (absent or not v), `in(a,b)` (one of them), `!in(a,b)` (absent or none of them); a node
 matches when every entry does. Imports nothing of raymh: the config validates selectors with it, and
-placement by domain (`raymh.train.placement`) matches nodes with it.
+placement by domain (`raymh.run.placement`) matches nodes with it.
 """
 
 from __future__ import annotations

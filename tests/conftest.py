@@ -84,7 +84,7 @@ def tiny_trained_run(ray_local, e2e_root):
     Returns a namespace: `cfg`, `outcome` (FitOutcome: run_dir, best_checkpoint, mlflow_run_id, metrics),
     `uri` (its MLflow store) and `model_uri` (`runs:/<id>/model`, the logged pyfunc)."""
     from raymh.config import load_config
-    from raymh.train.driver import fit
+    from raymh.run.driver import fit
 
     cfg = load_config(
         "quickstart", tiny_overrides(e2e_root, **{"tracking.run_name": "tiny-trained", "tracking.log_model": True})

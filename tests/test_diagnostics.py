@@ -14,7 +14,7 @@ from raymh.config import load_config
 from raymh.data.transforms import overlap_crop_pair
 from raymh.losses.diagnostics import pseudo_label_accuracy, similarity_stats
 from raymh.model import MultiHeadDeepLab
-from raymh.train.step import mix_loss_step
+from raymh.train.step import dc_weight_at, mix_loss_step
 
 
 def _logits(pred: list[list[int]], conf_high: list[list[bool]], classes: int = 3) -> torch.Tensor:
@@ -102,10 +102,10 @@ def test_step_logs_the_diagnostics_of_labelled_crops():
         },
     }}  # fmt: skip
     cfg = load_config("quickstart", ["loss.dc_start_iter=0", "loss.gamma=0.1"])
-    out = mix_loss_step(model, batch, cfg, step=0, diagnostics=True)
+    out = mix_loss_step(model, batch, cfg, dc_weight=dc_weight_at(0, cfg.loss), diagnostics=True)
     for key in ("passing/a", "pos_sim/a", "hard_neg_sim/a", "pseudo_acc/a", "pseudo_acc_confident/a"):
         assert key in out.stats, key
     assert 0.0 <= out.stats["pseudo_acc/a"] <= 1.0
     assert -1.0 <= out.stats["pos_sim/a"] <= 1.0 + 1e-5
-    quiet = mix_loss_step(model, batch, cfg, step=0)
+    quiet = mix_loss_step(model, batch, cfg, dc_weight=dc_weight_at(0, cfg.loss))
     assert "pseudo_acc/a" not in quiet.stats and "pos_sim/a" not in quiet.stats

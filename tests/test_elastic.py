@@ -11,7 +11,7 @@ import torch
 from raymh.config import ConfigError, load_config
 from raymh.data.row_blocks import RowBlocks
 from raymh.data.worker_batches import train_shards
-from raymh.train.cluster import RayClusterError, check_fits
+from raymh.platform.cluster import RayClusterError, check_fits
 
 
 def _cfg(*overrides: str):

@@ -43,7 +43,7 @@ def _read(path: Path) -> np.ndarray:
 def test_predict_gives_the_predictions_eval_scores_and_the_official_tool_agrees(tiny_trained_run, tmp_path):
     import torch
 
-    from raymh.train.eval_checkpoint import evaluate_checkpoint
+    from raymh.run.eval_checkpoint import evaluate_checkpoint
 
     run = tiny_trained_run
     cs_root = synthetic_root(run.cfg) / "cityscapes"

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from raymh.train.places import MARKERS
+from raymh.platform.records import MARKERS
 from tests.conftest import tiny_overrides
 from tests.ray_head import RayHead
 

@@ -22,7 +22,7 @@ from raymh.losses import (
     mix_loss,
     overlap_anchors,
 )
-from tests.loss_reference import dense_dcloss
+from raymh.losses.dense_reference import dense_dcloss
 
 ROOT = Path(__file__).resolve().parents[1]
 

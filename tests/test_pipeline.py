@@ -17,7 +17,7 @@ from PIL import Image
 from raymh.data import splits
 from raymh.data.batch_transforms import train_transforms
 from raymh.data.driver_datasets import build_domain_data, write_split_lists
-from raymh.data.sets import dataset_name, datasets_to_split, shard_of
+from raymh.data.sets import dataset_name, shard_of
 from raymh.data.val_rows import ValRows
 from raymh.data.worker_batches import StepBatches, train_shards, val_batches
 
@@ -129,7 +129,6 @@ def _consume_split(ds, n: int, *, batch_size: int = 1, drop_last: bool = False) 
 # ------------------------------------------------------------------------------------------- no Ray needed
 def test_names():
     assert dataset_name("city", "labeled") == "city.labeled"
-    assert datasets_to_split(["a", "b"]) == ["a.labeled", "a.unlabeled", "b.labeled", "b.unlabeled"]
     with pytest.raises(ValueError, match="part"):
         dataset_name("a", "train")
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 
 from raymh.config import ConfigError, load_config
-from raymh.selectors import matches
-from raymh.train.placement import (
+from raymh.run.placement import (
     Node,
     PlacementError,
-    assign_ranks,
     check_placement,
     worker_selectors,
 )
+from raymh.selectors import matches
+from raymh.train.rank_assignment import assign_ranks
 
 SITE = "raymh.io/site"
 A, B = {SITE: "a"}, {SITE: "b"}

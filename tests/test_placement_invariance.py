@@ -20,7 +20,7 @@ from test_world_invariance import DOMAINS, _cfg, _global_batch, _slice, _step
 
 from raymh.losses.world import World
 from raymh.train.domain_ranks import by_domain
-from raymh.train.step import mix_loss_step
+from raymh.train.step import dc_weight_at, mix_loss_step
 from raymh.train.worker import setup_replica
 
 SITE = "raymh.io/site"
@@ -52,7 +52,7 @@ def _placed_step(rank: int, world: int, root: str) -> None:
                 m.p = 0.0
         model.train()
         batch = {role.domain: _slice(_global_batch(), role.index, per_domain)[role.domain]}
-        out = mix_loss_step(model, batch, cfg, step=0, world=World(world), domain_worlds=ranks.worlds)
+        out = mix_loss_step(model, batch, cfg, dc_weight=dc_weight_at(0, cfg.loss), world=World(world), domain_worlds=ranks.worlds)
         out.loss.backward()
         Path(root, f"placed{world}-{rank}.json").write_text(
             json.dumps({"loss": out.parts["loss"], "parts": out.parts, "domain": role.domain})

@@ -1,4 +1,4 @@
-"""Which Ray a command uses (raymh.train.cluster): the recorded cluster, a live/stale probe, resource checks."""
+"""Which Ray a command uses (raymh.platform.cluster): the recorded cluster, a live/stale probe, resource checks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from raymh.cli import main
 from raymh.config import load_config
-from raymh.train.cluster import RayClusterError, check_fits, gcs_answers, recorded_cluster, resolve_target
+from raymh.platform.cluster import RayClusterError, check_fits, gcs_answers, recorded_cluster, resolve_target
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ def test_a_started_local_ray_quiets_progress_bars_in_every_process(ray_tmp, monk
     runtime_env sets the variables that turn them (and Ray Data's) off in every Ray process."""
     import ray
 
-    from raymh.train.cluster import init_ray
+    from raymh.platform.cluster import init_ray
 
     seen = {}
     monkeypatch.setattr(ray, "is_initialized", lambda: False)

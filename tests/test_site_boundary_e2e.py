@@ -98,16 +98,16 @@ def test_a_placed_run_reads_each_sites_data_only_on_that_site(sites, e2e_root, t
     pids = {}  # pid -> node of every Ray worker process
     for w in _state(sites, "workers"):
         pids[w["pid"]] = w["node_id"]
+    for object_id, holders in held.items():
+        assert not [h for h in holders if h[1] == "DRIVER"], (object_id, holders)  # never the driver
+        nodes = {pids.get(pid) for pid, _ in holders}
+        assert len(nodes) == 1 and nodes <= set(node_of_site[s] for s in SITES.values()), (object_id, holders, pids)
     stores = {a["name"].split(":")[1]: a for a in _state(sites, "actors", "class_name=SiteStore")}
     assert {d: stores[d]["node_id"] for d in SITES} == {d: node_of_site[s] for d, s in SITES.items()}
     from_stores = {i: h for i, h in held.items() if any(STORE_CODE in o.get("call_site", "") for o in h.values())}
     assert from_stores, "no reference to a site store's row tables was seen while the run trained"
     store_pids = {a["pid"] for a in stores.values()}
     assert all(any(pid in store_pids for pid, _ in h) for h in from_stores.values()), from_stores  # owned there
-    for object_id, holders in held.items():
-        assert not [h for h in holders if h[1] == "DRIVER"], (object_id, holders)  # never the driver
-        nodes = {pids.get(pid) for pid, _ in holders}
-        assert len(nodes) == 1 and nodes <= set(node_of_site[s] for s in SITES.values()), (object_id, holders, pids)
 
     scored = _raymh(sites, tmp_path, "eval.log", "eval", "--checkpoint", str(tmp_path / "runs" / "isolated"))
     scored.wait(timeout=600)

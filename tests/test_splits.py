@@ -12,7 +12,6 @@ from raymh.data.splits import (
     choose_labeled,
     labeled_count,
     labeled_ids,
-    labeled_ids_from_shards,
     read_split_file,
     write_split_lists,
 )
@@ -33,17 +32,6 @@ def test_labeled_ids_are_stable_across_runs_and_input_order():
     assert labeled_ids(shuffled, fraction=0.25, seed=0) == first
     assert labeled_ids(tuple(reversed(IDS)), fraction=0.25, seed=0) == first
     assert labeled_ids(IDS, fraction=0.25, seed=1) != first
-
-
-@pytest.mark.parametrize("workers", [1, 2, 3, 7, 200])
-def test_labeled_ids_do_not_depend_on_the_worker_count(workers):
-    shuffled = IDS[:]
-    random.Random(workers).shuffle(shuffled)
-    shards = [shuffled[w::workers] for w in range(workers)]
-    for fraction in (1 / 8, 1 / 4, 1.0):
-        assert labeled_ids_from_shards(shards, fraction=fraction, seed=5) == labeled_ids(
-            IDS, fraction=fraction, seed=5
-        )
 
 
 def test_smaller_fractions_are_subsets_of_larger_ones():

@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from raymh.config import load_config
-from raymh.train.tracking import TrackedRun, resolve_tracking_uri
+from raymh.platform.tracking import TrackedRun, resolve_tracking_uri
 
 
 def test_default_uri_is_absolute_sqlite(tmp_path, monkeypatch):
@@ -71,7 +71,7 @@ def test_fluent_tracking_uri_leaves_the_processs_variable_as_it_was(before, tmp_
     default store (resolve_tracking_uri) and subprocesses would inherit it."""
     import mlflow
 
-    from raymh.train.tracking import fluent_tracking_uri, resolve_tracking_uri
+    from raymh.platform.tracking import fluent_tracking_uri, resolve_tracking_uri
 
     if before is None:
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -14,8 +14,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from raymh.config import load_config
+from raymh.run.driver import fit
 from raymh.train.checkpoint import read_state
-from raymh.train.driver import fit
 from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -210,7 +210,7 @@ def _eval_loop(config: dict) -> None:
 
     from raymh.config import config_from_dict
     from raymh.train.checkpoint import unwrap
-    from raymh.train.step import mix_loss_step
+    from raymh.train.step import dc_weight_at, mix_loss_step
     from raymh.train.worker import _evaluate, setup_replica
 
     ctx = ray.train.get_context()
@@ -231,7 +231,7 @@ def _eval_loop(config: dict) -> None:
                     }, "unlabeled": {}}
                     for d, info in domains.items()
                 }  # fmt: skip
-                out = mix_loss_step(model, batch, cfg, step=step)
+                out = mix_loss_step(model, batch, cfg, dc_weight=dc_weight_at(step, cfg.loss))
                 replica.optimizer.zero_grad()
                 out.loss.backward()
                 replica.optimizer.step()
@@ -257,7 +257,7 @@ def test_evaluation_with_two_workers_equals_one(ray_local, e2e_root, tmp_path):
     from ray.train.torch import TorchTrainer
 
     from raymh.config import config_from_dict
-    from raymh.train.driver import build_domain_data
+    from raymh.run.driver import domain_sets
     from raymh.train.worker import _evaluate, setup_replica
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the tests package
@@ -265,7 +265,7 @@ def test_evaluation_with_two_workers_equals_one(ray_local, e2e_root, tmp_path):
         "quickstart",
         tiny_overrides(e2e_root, **{"train.precision": "fp32", "train.panels": 0, "loss.dc_weight": 0.0}),
     )  # fmt: skip
-    data = build_domain_data(cfg)
+    data = domain_sets(cfg)
     domains = {n: {"num_classes": dd.num_classes, "classes": list(dd.manifest["classes"]),
                    "palette": dd.manifest["palette"]} for n, dd in data.items()}  # fmt: skip
     val_rows = {n: dd.val for n, dd in data.items()}
@@ -353,11 +353,11 @@ def test_no_val_image_ever_reaches_a_training_batch(ray_local, e2e_root):
     import hashlib
 
     from raymh.data.worker_batches import StepBatches, train_shards
-    from raymh.train.driver import build_domain_data
+    from raymh.run.driver import domain_sets
     from raymh.train.worker import worker_transforms
 
     cfg = load_config("quickstart", tiny_overrides(e2e_root))
-    data = build_domain_data(cfg)
+    data = domain_sets(cfg)
     blocks = {name: rb for dd in data.values() for name, rb in dd.row_blocks().items()}
     steps = StepBatches(list(data), labeled_batch_size=2, unlabeled_batch_size=1, keep_ids=True,
                         transforms=worker_transforms(cfg, rank=0), get_shard=train_shards(blocks, seed=0, rank=0, world_size=1))  # fmt: skip

@@ -23,7 +23,7 @@ import torch.multiprocessing as mp
 
 from raymh.config import load_config
 from raymh.losses.world import World
-from raymh.train.step import mix_loss_step
+from raymh.train.step import dc_weight_at, mix_loss_step
 from raymh.train.worker import setup_replica
 
 DOMAINS = {"a": {"num_classes": 19}, "b": {"num_classes": 7}}
@@ -91,7 +91,7 @@ def _step(cfg, *, rank: int, world: int, prepare) -> dict:
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0  # dropout off: masks are per rank by design
     model.train()
-    out = mix_loss_step(model, _slice(_global_batch(), rank, world), cfg, step=0, world=World(world))
+    out = mix_loss_step(model, _slice(_global_batch(), rank, world), cfg, dc_weight=dc_weight_at(0, cfg.loss), world=World(world))
     out.loss.backward()
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
     return {"loss": out.parts["loss"], "grad": torch.cat([g.detach().flatten() for g in grads])}

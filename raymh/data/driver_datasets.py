@@ -214,11 +214,9 @@ def build_domain_data(
     train_ids, with_label, val_ids = found["train_ids"], found["with_label"], found["val_ids"]
     if not with_label:
         raise InputError(f"{prepared / 'train'}: no train row has a label; a labeled set needs some")
-    if split_file is not None:
-        chosen = splits.read_split_file(split_file, kind=manifest.get("kind"), known_ids=with_label)
-        labeled = sorted(set(chosen))
-    else:
-        labeled = splits.labeled_ids(with_label, fraction=labeled_fraction, seed=seed)
+    labeled = splits.choose_labeled(
+        with_label, fraction=labeled_fraction, seed=seed, split_file=split_file, kind=manifest.get("kind")
+    )["labeled"]
     chosen_set = set(labeled)
     unlabeled = sorted(i for i in train_ids if i not in chosen_set)
     if not unlabeled:

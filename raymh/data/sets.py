@@ -8,7 +8,6 @@ asks for its shard under the same name (`raymh.data.worker_batches`).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 
 PARTS = ("labeled", "unlabeled", "val")
 
@@ -18,11 +17,6 @@ def dataset_name(domain: str, part: str) -> str:
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
     return f"{domain}.{part}"
-
-
-def datasets_to_split(domains: Sequence[str]) -> list[str]:
-    """The names for `DataConfig(datasets_to_split=...)`: every labeled and unlabeled set (val is not split)."""
-    return [dataset_name(d, p) for d in domains for p in ("labeled", "unlabeled")]
 
 
 def shard_of(sample_id: str, *, world_size: int) -> int:

@@ -2,7 +2,7 @@
 
 The rule: rank ids by sha256(f"{seed}:{id}") and keep the first max(1, round(fraction * n)) of them
 (Python's round, half to even). It depends only on the set of ids and the seed: not on their order, nor on
-how they are sharded across workers (`labeled_ids_from_shards`), and a smaller fraction gives a subset of a
+how they are sharded across workers, and a smaller fraction gives a subset of a
 larger one with the same seed.
 """
 
@@ -55,18 +55,6 @@ def labeled_ids(ids: Sequence[str], *, fraction: float, seed: int) -> list[str]:
     ids = _unique(ids, "labeled_ids")
     k = labeled_count(len(ids), fraction=fraction)
     return sorted(rank_ids(ids, seed=seed)[:k])
-
-
-def labeled_ids_from_shards(shards: Sequence[Sequence[str]], *, fraction: float, seed: int) -> list[str]:
-    """The same subset as `labeled_ids` on all shards together, computed shard by shard then merged.
-
-    Each shard keeps its own first k ids in rank order (k from the total count); the global first k are
-    among them, so merging and re-ranking gives the global answer whatever the number of shards.
-    """
-    total = _unique([i for shard in shards for i in shard], "labeled_ids_from_shards")
-    k = labeled_count(len(total), fraction=fraction)
-    candidates = [i for shard in shards for i in rank_ids(shard, seed=seed)[:k]]
-    return sorted(rank_ids(candidates, seed=seed)[:k])
 
 
 def _id_rule(kind: str | None):

@@ -23,7 +23,7 @@ from raymh.evidence.tables import Trial, table_spec
 
 def _trial_fn(config: dict[str, Any], *, base: dict[str, Any], name: str, parent_run_id: str | None) -> None:
     """One trial: the cell's overrides on the base config, one `fit`, metrics reported to Tune."""
-    from raymh.train.driver import fit
+    from raymh.run.driver import fit
     from raymh.tune.callbacks import EvalReportCallback
 
     trial = Trial(**config["trial"])
@@ -91,9 +91,9 @@ def run_reproduce(
     from ray import tune
 
     from raymh.data.cache import prepared_dirs
-    from raymh.train.driver import init_ray, run_tags, storage_root
-    from raymh.train.interrupt import run_interruptible, stop_sweep_at_once
-    from raymh.train.tracking import TrackedRun
+    from raymh.platform.tracking import TrackedRun, run_tags
+    from raymh.run.driver import init_ray, storage_root
+    from raymh.run.interrupt import run_interruptible, stop_sweep_at_once
     from raymh.tune.sweep import absolute_locations
 
     if seeds < 1:

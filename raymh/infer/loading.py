@@ -101,7 +101,7 @@ def bundle_from_dir(directory: str | Path, *, source: str | None = None) -> Mode
 def _from_mlflow(uri: str, tracking_uri: str | None) -> ModelBundle:
     import mlflow
 
-    from raymh.train.tracking import resolve_tracking_uri
+    from raymh.platform.tracking import resolve_tracking_uri
 
     store = tracking_uri or resolve_tracking_uri()  # passed, not set: set_tracking_uri writes os.environ
     try:

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from raymh import console
 from raymh.data.adapters import IMAGE_EXTENSIONS
 from raymh.infer.formats import get_format
 from raymh.infer.loading import load_bundle
@@ -192,7 +191,9 @@ def run_predict(
     summary = PredictSummary(out=out, format=f.name)
 
     if not ray.is_initialized():
-        _init_ray(address)
+        from raymh.platform.cluster import init_ray
+
+        init_ray(None, address, train=False)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plan/progress INFO lines drown raymh's own
     cpus = int(ray.available_resources().get("CPU", os.cpu_count() or 1))
     threads = cpus_per_worker or max(1, (cpus - 1) // max(workers, 1))
@@ -253,17 +254,6 @@ def run_predict(
     summary.seconds = time.perf_counter() - t_run
     progress.close()
     return summary
-
-
-def _init_ray(address: str | None) -> None:
-    import ray
-
-    address = address or os.environ.get("RAY_ADDRESS")
-    env = {"env_vars": dict(console.QUIET_ENV)}
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(include_dashboard=False, runtime_env=env, log_to_driver=True)
 
 
 class _Progress:

@@ -97,7 +97,7 @@ def build_app(
     tracking_uri: str | None = None,
 ):  # fmt: skip
     """The bound Serve application (deploy it with `serve.run`)."""
-    from raymh.train.tracking import resolve_tracking_uri
+    from raymh.platform.tracking import resolve_tracking_uri
 
     options = {"num_cpus": cpus_per_replica, **({"num_gpus": gpus_per_replica} if gpus_per_replica else {})}
     return SegmentationService.options(num_replicas=replicas, ray_actor_options=options).bind(

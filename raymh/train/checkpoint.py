@@ -204,7 +204,7 @@ def find_checkpoint(path_or_run: str, storage_path: str | None = None) -> Path:
     path = Path(path_or_run).expanduser()
     if not path.exists() and storage_path is None:  # a run name under the default storage path
         from raymh.config import load_config
-        from raymh.train.places import resolve_local
+        from raymh.platform.records import resolve_local
 
         path = Path(resolve_local(load_config("quickstart").tracking.storage_path)) / path_or_run
     if (path / STATE_FILE).is_file():

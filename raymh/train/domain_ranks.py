@@ -27,7 +27,7 @@ import torch.distributed as dist
 from raymh.losses.world import World
 from raymh.model.sync_bn import WorldBatchNorm2d
 from raymh.train.checkpoint import unwrap
-from raymh.train.placement import RankRole, assign_ranks
+from raymh.train.rank_assignment import RankRole, assign_ranks
 
 
 @dataclass

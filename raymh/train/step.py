@@ -56,7 +56,7 @@ def mix_loss_step(
     batches: dict[str, dict[str, dict[str, torch.Tensor]]],
     cfg: ExperimentConfig,
     *,
-    step: int,
+    dc_weight: float,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
@@ -65,6 +65,8 @@ def mix_loss_step(
     domain_worlds: Mapping[str, World] | None = None,
 ) -> StepOutput:
     """Forward every domain's labeled batch and crop pair, and return the Mix Loss with its parts.
+
+    dc_weight: lambda_t of this step (`dc_weight_at(step, cfg.loss)`); at 0 no crop pair is forwarded.
 
     diagnostics: also measure the unsupervised branch (`raymh.losses.diagnostics`; costs a little, so the
     worker asks for it on logging steps only; measured on this rank's slice).
@@ -75,7 +77,7 @@ def mix_loss_step(
     (placement by domain: a rank holds one domain's batch, `batches` has only that domain). A domain's
     labeled pixels, masked anchors and negatives are then summed over its own ranks; the parts and the
     backward scale stay over `world`, where ranks without a domain add 0 to its terms."""
-    lam = dc_weight_at(step, cfg.loss)
+    lam = dc_weight  # lambda_t, computed once per step by the caller (`dc_weight_at`)
     use_dc = lam > 0
     dev = torch.device(device)
     inputs, sizes = {}, {}

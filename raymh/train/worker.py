@@ -32,6 +32,7 @@ from raymh.losses.world import World
 from raymh.model import MultiHeadDeepLab, normalize_uint8
 from raymh.model.precision import native_bf16
 from raymh.model.sync_bn import convert_world_batchnorm, sync_bn_enabled
+from raymh.platform.tracking import TrackedRun
 from raymh.train import artifacts
 from raymh.train.checkpoint import inference_record, load_state, save_state, unwrap
 from raymh.train.digest import LabeledDigest
@@ -44,11 +45,10 @@ from raymh.train.domain_ranks import (
     sync_buffers,
 )
 from raymh.train.evaluate import evaluate_domains, miou_metrics
-from raymh.train.interrupt import WorkerStopCheck
 from raymh.train.optim import build_optimizer, poly_scheduler
 from raymh.train.progress import Eta
 from raymh.train.step import dc_weight_at, mix_loss_step
-from raymh.train.tracking import TrackedRun
+from raymh.train.stop_flag import WorkerStopCheck
 
 
 class NonFiniteLossError(RuntimeError):
@@ -254,12 +254,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     eta = Eta(cfg.train.iters, restart_at=[cfg.loss.dc_start_iter])  # DCLoss steps cost about twice as much
     for step in range(start, cfg.train.iters):
         eta.step_starts(step)
-        batch = batches.next_batch(unlabeled=dc_weight_at(step, cfg.loss) > 0)  # no unlabeled work before DCLoss
+        lam = dc_weight_at(step, cfg.loss)  # lambda_t: the one value of this step, passed down
+        batch = batches.next_batch(unlabeled=lam > 0)  # no unlabeled work before DCLoss
         if digest is not None and digest.add(step, batch, final=step + 1 == cfg.train.iters) and tracked:
             tracked.set_tags(digest.tags())
         logging_step = rank == 0 and ((step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.iters)
         out = mix_loss_step(
-            model, batch, cfg, step=step, device=device, autocast_dtype=autocast_dtype,
+            model, batch, cfg, dc_weight=lam, device=device, autocast_dtype=autocast_dtype,
             channels_last=channels_last, diagnostics=logging_step, world=loss_world, domain_worlds=ranks.worlds,
         )  # fmt: skip
         if not _all_ranks_finite(out.loss.detach().cpu(), world):

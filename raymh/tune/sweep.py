@@ -19,8 +19,8 @@ from typing import Any
 
 from raymh import console
 from raymh.config import config_from_dict, load_config_dict, to_yaml
-from raymh.train.interrupt import run_interruptible, stop_sweep_at_once
-from raymh.train.tracking import TrackedRun, resolve_tracking_uri
+from raymh.platform.tracking import TrackedRun, resolve_tracking_uri, run_tags
+from raymh.run.interrupt import run_interruptible, stop_sweep_at_once
 from raymh.tune.space import (
     apply_base,
     load_space,
@@ -38,7 +38,7 @@ def _trial(
     """One trial: merge the sample, re-validate, fit a TorchTrainer reporting to Tune through the callback."""
     import ray.tune
 
-    from raymh.train.driver import fit
+    from raymh.run.driver import fit
     from raymh.tune.callbacks import EvalReportCallback
 
     cfg = trial_config(base, sample)
@@ -56,7 +56,7 @@ def absolute_locations(base: dict[str, Any]) -> dict[str, Any]:
     """Trials run in other directories: make storage, cache and tracking locations absolute."""
     cfg = config_from_dict(base)
     tracking = dict(base.get("tracking") or {})
-    from raymh.train.driver import storage_root
+    from raymh.run.driver import storage_root
 
     tracking["storage_path"] = storage_root(cfg)
     tracking["tracking_uri"] = resolve_tracking_uri(cfg)
@@ -80,9 +80,9 @@ def run_sweep(
     from ray import tune
 
     from raymh.data.cache import prepared_dirs
-    from raymh.train import places
-    from raymh.train.cluster import init_ray
-    from raymh.train.driver import run_tags, storage_root
+    from raymh.platform import records
+    from raymh.platform.cluster import init_ray
+    from raymh.run.driver import storage_root
 
     base_raw = load_config_dict(config, overrides or [])
     space = with_overrides(load_space(space_path, base_raw), num_samples=num_samples, scheduler=scheduler)
@@ -99,10 +99,10 @@ def run_sweep(
     s = base_cfg.scaling
     per_trial = space.resources.cpu + base_cfg.train_workers * s.cpus_per_worker + 1
     uri = base["tracking"]["tracking_uri"]
-    if where := places.announce(storage_root(base_cfg), uri):
+    if where := records.announce(storage_root(base_cfg), uri):
         print(where, flush=True)
     init_ray(base_cfg, address, num_cpus=max(os.cpu_count() or 1, math.ceil((concurrent or 1) * per_trial) + 1))
-    places.check_shared(storage_root(base_cfg), uri)  # on 2+ nodes: every node must see the records' paths
+    records.check_shared(storage_root(base_cfg), uri)  # on 2+ nodes: every node must see the records' paths
     prepared_dirs(base_cfg)  # render/prepare once, before trials race for it
 
     files = Path(storage_root(base_cfg)) / sweep_name

@@ -19,25 +19,7 @@ from typing import Any
 
 import ray
 
-STOP_FLAG_PREFIX = "raymh-stop-"
-
-
-@ray.remote(num_cpus=0)
-class StopFlag:
-    """Holds why the run should stop (None: keep going)."""
-
-    def __init__(self) -> None:
-        self.reason: str | None = None
-
-    def request(self, reason: str) -> None:
-        self.reason = self.reason or reason
-
-    def get(self) -> str | None:
-        return self.reason
-
-
-def stop_flag_name(run_name: str) -> str:
-    return f"{STOP_FLAG_PREFIX}{run_name}"
+from raymh.train.stop_flag import StopFlag, stop_flag_name
 
 
 def create_stop_flag(run_name: str):
@@ -48,26 +30,6 @@ def create_stop_flag(run_name: str):
     except ValueError:
         pass
     return StopFlag.options(name=name, lifetime=None).remote()
-
-
-class WorkerStopCheck:
-    """Rank 0's view of the stop flag (workers without a flag, e.g. under Tune, never stop early)."""
-
-    def __init__(self, name: str | None) -> None:
-        self._handle = None
-        if name:
-            try:
-                self._handle = ray.get_actor(name)
-            except ValueError:
-                self._handle = None
-
-    def requested(self) -> bool:
-        if self._handle is None:
-            return False
-        try:
-            return ray.get(self._handle.get.remote(), timeout=30) is not None
-        except Exception:  # noqa: BLE001 - the driver (and its flag) went away: stop with a checkpoint
-            return True
 
 
 def run_interruptible(fn: Callable[[], Any], *, flag, on_first: Callable[[str], None],
@@ -127,7 +89,7 @@ def stop_sweep_at_once(tracking_uri: str, parent, *, what: str) -> Callable[[str
     so the first signal ends it at once, with honest records: every child still RUNNING and the parent KILLED."""
 
     def handler(name: str) -> None:
-        from raymh.train.tracking import close_child_runs
+        from raymh.platform.tracking import close_child_runs
 
         n = close_child_runs(tracking_uri, parent.run_id, status="KILLED")
         parent.set_tags({"raymh.stopped_by": name})

@@ -76,9 +76,9 @@ def evaluate_checkpoint(
     from raymh.config import load_config
     from raymh.data.cache import prepared_dirs
     from raymh.data.site_reads import site_get
+    from raymh.platform.cluster import init_ray
+    from raymh.run.driver import check_placement
     from raymh.train.checkpoint import CONFIG_FILE, find_checkpoint, read_state
-    from raymh.train.cluster import init_ray
-    from raymh.train.driver import check_placement
     from raymh.train.evaluate import ConfusionMatrix, miou_metrics
 
     ckpt = find_checkpoint(checkpoint)

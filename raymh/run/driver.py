@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import platform
 import secrets
-import subprocess
 import sys
 import threading
 import time
@@ -35,16 +33,16 @@ from raymh.config import (
     load_config_dict,
     to_yaml,
 )
-from raymh.train import places
-from raymh.train.cluster import init_ray
-from raymh.train.interrupt import create_stop_flag, exit_now, run_interruptible, stop_flag_name
-from raymh.train.tracking import (
+from raymh.platform import records
+from raymh.platform.cluster import init_ray
+from raymh.platform.tracking import (
     TrackedRun,
     fluent_tracking_uri,
     resolve_tracking_uri,
     run_description,
-    source_tags,
+    run_tags,
 )
+from raymh.run.interrupt import create_stop_flag, exit_now, run_interruptible, stop_flag_name
 
 RUN_FILES = "raymh"
 
@@ -63,45 +61,14 @@ class FitOutcome:
 
 def storage_root(cfg: ExperimentConfig) -> str:
     """Absolute storage path (local paths resolved, in a Ray job against a stable home; URIs such as s3:// kept)."""
-    return places.resolve_local(cfg.tracking.storage_path)
+    return records.resolve_local(cfg.tracking.storage_path)
 
 
 def fresh_run_name(cfg: ExperimentConfig) -> str:
     return f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
-        )
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def run_tags(cfg: ExperimentConfig) -> dict[str, str]:
-    import ray
-    import torch
-
-    from raymh import __version__
-
-    tags = {
-        "raymh.version": __version__,
-        "torch.version": torch.__version__,
-        "ray.version": ray.__version__,
-        "python.version": platform.python_version(),
-        "domains": ",".join(d.name for d in cfg.domains),
-        "label_ratio": ",".join(f"{d.name}={cfg.labeled_fraction(d)}" for d in cfg.domains),
-        "preset": cfg.name,
-    }
-    commit = _git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    return {**tags, **source_tags()}
-
-
-def build_domain_data(cfg: ExperimentConfig) -> dict[str, Any]:
+def domain_sets(cfg: ExperimentConfig) -> dict[str, Any]:
     """Prepared dirs -> per-domain Ray Datasets (labeled, unlabeled, val) and their split lists. Under
     placement by domain, every read of a domain's files runs on its own nodes."""
     from raymh.data.cache import prepared_dirs
@@ -155,7 +122,7 @@ def build_trainer(
 
     from raymh.data.driver_datasets import ingest_options
     from raymh.data.sets import dataset_name
-    from raymh.train.placement import worker_selectors
+    from raymh.run.placement import worker_selectors
     from raymh.train.worker import train_loop_per_worker
 
     datasets, to_split, row_blocks = {}, [], {}
@@ -220,7 +187,7 @@ def check_placement(cfg: ExperimentConfig) -> None:
     its Ray Data tasks), else a PlacementError naming the domain and listing every node's labels."""
     if cfg.scaling.placement != "by_domain":
         return
-    from raymh.train import placement
+    from raymh.run import placement
 
     s = cfg.scaling
     placement.check_placement(
@@ -241,7 +208,7 @@ def label_format(manifest: dict[str, Any]) -> str:
 
 def _run_files(cfg: ExperimentConfig, run_name: str) -> Path:
     root = storage_root(cfg)
-    base = Path(root) if "://" not in root else places.records_base().path / "ray_results_local"
+    base = Path(root) if "://" not in root else records.records_base().path / "ray_results_local"
     return base / run_name / RUN_FILES
 
 
@@ -286,12 +253,12 @@ def fit(
         f"{workers_text(cfg)} worker(s) x {cfg.scaling.cpus_per_worker} CPU{' + GPU' if cfg.scaling.use_gpu else ''}"
         f"{' placed by domain' if cfg.scaling.placement == 'by_domain' else ''}")
     uri = record["tracking_uri"] if record else resolve_tracking_uri(cfg)  # a resumed run stays in its store
-    if where := places.announce(storage_root(cfg), uri):
+    if where := records.announce(storage_root(cfg), uri):
         say(where)
     init_ray(cfg, address)
     check_placement(cfg)  # placed domains: nodes with their labels and room, before anything starts
-    places.check_shared(storage_root(cfg), uri)  # on 2+ nodes: every node must see the records' paths
-    domain_data = build_domain_data(cfg)
+    records.check_shared(storage_root(cfg), uri)  # on 2+ nodes: every node must see the records' paths
+    domain_data = domain_sets(cfg)
     files.mkdir(parents=True, exist_ok=True)
     console.attach_log(files / "console.log", announce=not quiet)
     spool = files / "mlflow_unsent.jsonl"

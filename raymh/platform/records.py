@@ -24,7 +24,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from raymh.train.cluster import RayClusterError
+from raymh.platform.cluster import RayClusterError
 
 HOME_ENV = "RAYMH_HOME"
 DEFAULT_HOME = "~/raymh"

@@ -1,6 +1,8 @@
-"""Plain dense DCLoss (docs/method.md, DCLoss item 5), written straight from the formula for tests.
+"""The DCLoss spec: the formula of docs/method.md (DCLoss item 5) written straight, dense.
 
-It holds the full n x N similarity matrix, so it is only for small cases (and the benchmark's small size).
+It holds the full n x N similarity matrix, so it serves small cases only: the streamed
+`directional_contrastive_loss` is tested against it (value and gradients) and benchmarked beside it.
+Training never calls it.
 """
 
 from __future__ import annotations

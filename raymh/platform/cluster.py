@@ -96,11 +96,13 @@ def resolve_target(address: str | None) -> RayTarget:
 
 
 def init_ray(
-    cfg: ExperimentConfig, address: str | None = None, *, num_cpus: int | None = None, train: bool = True
+    cfg: ExperimentConfig | None, address: str | None = None, *, num_cpus: int | None = None, train: bool = True,
+    log_to_driver: bool = True,
 ) -> None:
-    """Join or start Ray as `resolve_target` decides; say which on one line. `num_cpus`: logical CPUs of a
-    started Ray (default: the config's workers plus data tasks); `train`: check a joined recorded cluster
-    for the config's workers (else only for one data task)."""
+    """Join or start Ray as `resolve_target` decides; say which on one line: the one way every raymh command
+    and benchmark starts or joins Ray. `num_cpus`: logical CPUs of a started Ray (default: the config's
+    workers plus data tasks; without a config, the machine's cores); `train`: check a joined recorded
+    cluster for the config's workers (else only for one data task; nothing without a config)."""
     import ray
 
     if ray.is_initialized():
@@ -113,7 +115,7 @@ def init_ray(
         # token auth on from a local token file as it does for a cluster it finds by itself.
         runtime_env = env if target.address in (None, "auto") and not os.environ.get("RAY_ADDRESS") else None
         try:
-            ray.init(address=target.address, runtime_env=runtime_env, log_to_driver=True)
+            ray.init(address=target.address, runtime_env=runtime_env, log_to_driver=log_to_driver)
         except Exception as e:  # noqa: BLE001 - any failure to join is one message, not a traceback
             ray.shutdown()
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -127,16 +129,16 @@ def init_ray(
             ) from None
         total = ray.cluster_resources()
         print(f"[raymh] Ray: joined {target.note}: {_describe(total)}", flush=True)
-        if target.check_resources:
+        if target.check_resources and cfg is not None:
             check_fits(cfg, total, _alive_nodes(), train=train)
         return
-    s = cfg.scaling
     # Logical CPUs: the workers' own plus room for Ray Data's decode/augment tasks (they share the cores).
     # An elastic range is sized for its max workers (`train_workers`).
-    num_cpus = num_cpus or max(os.cpu_count() or 1, cfg.train_workers * s.cpus_per_worker + 2)
+    wanted = cfg.train_workers * cfg.scaling.cpus_per_worker + 2 if cfg is not None else 0
+    num_cpus = num_cpus or max(os.cpu_count() or 1, wanted)
     # address="local": never the recorded cluster. The dashboard also serves Ray's state API, which Train
     # V2's placement-group cleaner polls: without it the cleaner logs a warning every few seconds.
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, runtime_env=env, log_to_driver=True)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, runtime_env=env, log_to_driver=log_to_driver)
     print(f"[raymh] Ray: started {target.note} with {num_cpus} CPUs", flush=True)
 
 

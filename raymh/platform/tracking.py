@@ -2,7 +2,7 @@
 
 The tracking URI is the config's `tracking.tracking_uri`, else `MLFLOW_TRACKING_URI`, else an absolute
 `sqlite:///<cwd>/mlflow.db` (absolute because Ray workers run in other directories; in a Ray job, a stable
-home instead of the job's temporary working dir: `raymh.train.places`). If the tracking server
+home instead of the job's temporary working dir: `raymh.platform.records`). If the tracking server
 cannot be reached, training goes on and says so once; every record that could not be sent is appended to a
 local JSONL spool file next to the run, so nothing is lost.
 """
@@ -13,6 +13,8 @@ import contextlib
 import json
 import math
 import os
+import platform
+import subprocess
 import sys
 import time
 import urllib.request
@@ -24,7 +26,7 @@ from raymh.config import ExperimentConfig
 
 def resolve_tracking_uri(cfg: ExperimentConfig | None = None) -> str:
     """Config, else MLFLOW_TRACKING_URI, else sqlite:///<abs base>/mlflow.db; relative sqlite/file paths made
-    absolute. The base is the current directory, or a stable home in a Ray job (`places.records_base`)."""
+    absolute. The base is the current directory, or a stable home in a Ray job (`records.records_base`)."""
     return absolute_tracking_uri((cfg.tracking.tracking_uri if cfg else None) or os.environ.get("MLFLOW_TRACKING_URI"))
 
 
@@ -49,7 +51,7 @@ def fluent_tracking_uri(uri: str):
 def absolute_tracking_uri(uri: str | None) -> str:
     """A tracking URI with relative sqlite/file paths made absolute against the records base (the current
     directory, or the stable home of a Ray job); None: sqlite:///<abs base>/mlflow.db."""
-    from raymh.train.places import records_base
+    from raymh.platform.records import records_base
 
     base = records_base().path
     if not uri:
@@ -243,3 +245,34 @@ def run_description(run_name: str, m: dict[str, Any], cfg: ExperimentConfig) -> 
               f"Best mean val mIoU {m.get('best/miou_mean', math.nan):.4f}; labeled fraction "
               f"{', '.join(f'{d.name} {cfg.labeled_fraction(d):g}' for d in cfg.domains)}; lambda {cfg.loss.dc_weight}."]  # fmt: skip
     return "\n".join(lines)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_tags(cfg: ExperimentConfig) -> dict[str, str]:
+    import ray
+    import torch
+
+    from raymh import __version__
+
+    tags = {
+        "raymh.version": __version__,
+        "torch.version": torch.__version__,
+        "ray.version": ray.__version__,
+        "python.version": platform.python_version(),
+        "domains": ",".join(d.name for d in cfg.domains),
+        "label_ratio": ",".join(f"{d.name}={cfg.labeled_fraction(d)}" for d in cfg.domains),
+        "preset": cfg.name,
+    }
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return {**tags, **source_tags()}
