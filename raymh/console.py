@@ -48,6 +48,10 @@ HARMLESS = [
         r"An input example was not provided when logging the model",  # MLflow: the signature is explicit
     )
 ]
+# Ray's shutdown notices that come with a traceback though the run is fine (a loaded machine at the end of a
+# run): the notice and its traceback go to the log file; a real failure still reaches the console.
+SHUTDOWN_NOISE = [re.compile(r"Failed to stop PlacementGroupCleaner gracefully")]
+TRACEBACK_LINE = re.compile(r"^(\s|Traceback \(most recent call last\)|[\w.]+(Error|Exception)\b|$)")
 # Ray's Python log format ("2026-01-01 12:00:00,123\tINFO file.py:12 -- msg") and glog's ("[2026-01-01
 # 12:00:00,123 I 123 456] file.cc:12: msg"), at levels that are never problems.
 QUIET_LEVEL = re.compile(
@@ -172,6 +176,9 @@ def _quiet_ray_handlers() -> bool:
 
 
 # ------------------------------------------------------------------------ 2. lines forwarded by log_to_driver
+_in_noise: dict[Any, bool] = {}  # pid -> inside a shutdown notice's traceback
+
+
 def filter_forwarded(data: dict[str, Any]) -> tuple[list[str], dict[str, Any] | None]:
     """(raymh lines, what is left for Ray's printer or None) of one batch of forwarded lines; the rest is logged.
 
@@ -181,8 +188,15 @@ def filter_forwarded(data: dict[str, Any]) -> tuple[list[str], dict[str, Any] | 
         return [], data
     shown, raymh_lines, in_warning = [], [], False
     who = f"({data.get('actor_name') or data.get('task_name') or 'pid'} pid={data.get('pid', '?')})"
+    pid = data.get("pid")
     for line in data.get("lines", []):
         kind = classify(line)
+        if any(p.search(line) for p in SHUTDOWN_NOISE):
+            _in_noise[pid], kind = True, "log"
+        elif _in_noise.get(pid) and kind != "raymh" and TRACEBACK_LINE.match(line):
+            kind = "log"  # the shutdown notice's traceback, possibly in a later batch of lines
+        else:
+            _in_noise.pop(pid, None)
         if in_warning and kind == "show" and line.startswith("  "):
             kind = "log"  # the source line of a logged warning
         in_warning = kind == "log" and ("Warning: " in line or in_warning)

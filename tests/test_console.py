@@ -62,6 +62,19 @@ def test_forwarded_lines_print_raymh_lines_once_without_prefix_and_log_the_rest(
     assert console.filter_forwarded({**data, "lines": warning})[1] is None  # its source line goes with it
 
 
+def test_rays_shutdown_notice_and_its_traceback_are_logged_a_real_traceback_shows(log):
+    noise = ["Failed to stop PlacementGroupCleaner gracefully: will force kill.", "Traceback (most recent call last):",
+             '  File "/x/ray/_private/worker.py", line 2961, in get', "    raise value",
+             "ray.exceptions.GetTimeoutError: Get timed out: some object(s) not ready."]  # fmt: skip
+    data = {"pid": 7, "actor_name": "TrainController", "is_err": True, "lines": noise[:2]}
+    assert console.filter_forwarded(data) == ([], None)
+    assert console.filter_forwarded({**data, "lines": noise[2:]}) == ([], None)  # the rest, in a later batch
+    real = ["Traceback (most recent call last):", '  File "train.py", line 3, in f', "ValueError: bad input"]
+    assert console.filter_forwarded({**data, "lines": ["[raymh] step 6/6", *real]}) == (["[raymh] step 6/6"], {**data, "lines": real})
+    console.LOG.close()
+    assert "GetTimeoutError" in log.read_text() and "ValueError" not in log.read_text()
+
+
 def test_ray_logger_records_below_warning_are_logged_not_shown(log):
     def record(level, msg, name="ray.data"):
         return logging.LogRecord(name, level, __file__, 1, msg, None, None)
