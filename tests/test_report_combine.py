@@ -9,12 +9,19 @@ import yaml
 from click.testing import CliRunner
 
 from raymh.errors import InputError
+from raymh.evidence import render
 from raymh.evidence.report import load_evidence
 from raymh.evidence.tables import RunRecord, Trial, table_spec, table_values
 
 DOMAINS = ["cityscapes", "bdd100k"]
-BASE = {"name": "evidence", "domains": [{"name": d, "labeled_fraction": None} for d in DOMAINS],
+BASE = {"name": "evidence", "domains": [{"name": d, "kind": d, "root": f"/data/{d}"} for d in DOMAINS],
         "train": {"iters": 600, "seed": 0}, "loss": {"dc_weight": 0.1}}  # fmt: skip
+VERSION, COMMIT = "0.9.0", "a" * 40
+
+
+def _digest(trial: Trial) -> str:
+    """What `raymh.labeled_digest` looks like: equal for the runs of one seed (and fraction), not across seeds."""
+    return f"{trial.seed:04x}{trial.fraction.replace('/', ''):0>4}"
 
 
 def _miou(trial: Trial, domain: str) -> float:
@@ -31,7 +38,10 @@ def store(tmp_path):
     client = MlflowClient(uri)
     exp = client.create_experiment("raymh-test", artifact_location=str(tmp_path / "artifacts"))
 
-    def grid(fractions: str, full: bool, seeds: list[int], *, config: str = "evidence", base=None) -> str:
+    def grid(fractions: str, full: bool, seeds: list[int], *, config: str = "evidence", base=None,
+             tags=lambda trial: {}, repeat=()) -> str:  # fmt: skip
+        """A `raymh reproduce` parent and its finished children; `tags(trial)` overrides a child's tags (None
+        removes one); `repeat` names trials that get a second finished run (a retried trial)."""
         parent = client.create_run(exp, run_name=f"reproduce-{fractions}")
         pid = parent.info.run_id
         for k, v in {"table": "semi-vs-supervised", "domains": ",".join(DOMAINS), "fractions": fractions,
@@ -43,8 +53,11 @@ def store(tmp_path):
         cfg.write_text(yaml.safe_dump(base or BASE))
         client.log_artifact(pid, str(cfg), "config")
         spec = table_spec("semi-vs-supervised", domains=DOMAINS, fractions=fractions.split(","), full=full)
-        for trial in spec.trials(seeds):
-            child = client.create_run(exp, tags={"mlflow.parentRunId": pid, **trial.tags()}, run_name=trial.slug)
+        for trial in [*spec.trials(seeds), *repeat]:
+            child_tags = {"mlflow.parentRunId": pid, **trial.tags(), "raymh.version": VERSION,
+                          "mlflow.source.git.commit": COMMIT, "raymh.labeled_digest": _digest(trial), **tags(trial)}  # fmt: skip
+            child_tags = {k: v for k, v in child_tags.items() if v is not None}
+            child = client.create_run(exp, tags=child_tags, run_name=trial.slug)
             for d in DOMAINS:
                 client.log_metric(child.info.run_id, f"val/miou/{d}", _miou(trial, d), step=600)
             client.set_terminated(child.info.run_id)
@@ -110,9 +123,31 @@ def test_grids_of_other_configs_are_refused(store):
     a = grid("1/8", False, [0])
     b = grid("1/4", False, [0], config="quickstart")
     steps = grid("1/4", False, [0], base={**BASE, "train": {"iters": 300, "seed": 0}})
-    newer = grid("1/4", False, [0], base={**BASE, "placement": None})  # a key a later version added: compared away
     with pytest.raises(InputError, match=r"differ in config \('evidence' vs 'quickstart'\)"):
         load_evidence(uri, [a, b])
     with pytest.raises(InputError, match=r"different base configs .*train\.iters: 600 vs 300"):
         load_evidence(uri, [a, steps])
-    assert len(load_evidence(uri, [a, newer]).spec.rows) == 4
+    other_seed = grid("1/4", False, [1], base={**BASE, "train": {"iters": 600, "seed": 7}, "data": {"split_seed": 7}})
+    assert len(load_evidence(uri, [a, other_seed]).spec.rows) == 4  # seeds are set per trial: not compared
+
+
+def test_a_key_only_one_grid_has_is_compared_against_its_default(store):
+    """A setting written by one grid's base config and absent from the other's is compared with the default the
+    other one trained with; one this raymh version does not know differs from everything."""
+    from raymh.config import OptimConfig
+
+    uri, grid = store
+    default_lr = OptimConfig().lr
+    a = grid("1/8", False, [0])  # no optim section: lr at its default
+    same = grid("1/4", False, [0], base={**BASE, "optim": {"lr": default_lr}})
+    other = grid("1/4", False, [1], base={**BASE, "optim": {"lr": 0.05}})
+    newer = grid("1/4", False, [2], base={**BASE, "future_knob": 3})
+    assert len(load_evidence(uri, [a, same]).spec.rows) == 4
+    with pytest.raises(InputError, match=rf"optim\.lr: {default_lr!r} \(default\) vs 0\.05"):
+        load_evidence(uri, [a, other])
+    with pytest.raises(InputError, match=r"future_knob: <not in this raymh version> vs 3.*--allow-mixed"):
+        load_evidence(uri, [a, newer])
+    ev = load_evidence(uri, [a, other], allow_mixed=True)
+    text = render.format_text(ev.values)
+    assert "pools mixed code versions or configs" in text.splitlines()[0]
+    assert "mixed: runs" in text and "optim.lr: 0.01 (default) vs 0.05" in text
