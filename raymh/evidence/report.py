@@ -407,7 +407,7 @@ def load_evidence(
     if unpaired and not allow_unpaired:
         issues = [x for i in sorted(unpaired) for x in unpaired[i]]
         raise InputError(
-            f"{len(issues)} paired run(s) of one seed are not shown to have trained on the same labeled batches "
+            f"{len(issues)} pair(s) of runs of one seed are not shown to have trained on the same labeled batches "
             f"(tag {DIGEST_TAG}): {_listed(issues, 6)}. Runs made before raymh recorded digests have none: pass "
             "--allow-unpaired to report them, with those differences marked"
         )
