@@ -152,7 +152,9 @@ def _schema_default(key: str) -> Any:
                 return "<required, no default>"
             else:
                 value = f.default
-            return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+            if isinstance(value, BaseModel):
+                return value.model_dump(mode="json")
+            return list(value) if isinstance(value, tuple) else value  # as a YAML file has it
         i += 2 if parts[i] == "domains" else 1  # domains.<name>.<field>
         model = model_in(f.annotation)
     return NOT_IN_VERSION
@@ -168,11 +170,16 @@ class _Config:
     validated: bool
 
     def get(self, key: str) -> tuple[Any, str]:
-        """(value, how): how is "" (as written), "default" or "unknown"."""
+        """(value, how): how is "" (as written), "default", "section" (its section is null) or "unknown"."""
         if key in self.values:
             return self.values[key], ("" if key in self.written or key in self.unknown else "default")
         if not self.validated and (default := _schema_default(key)) is not NOT_IN_VERSION:
             return default, "default"
+        parts = key.split(".")
+        for n in range(len(parts) - 1, 0, -1):  # a section left empty (data.synthetic: null) has no sub-keys
+            head = ".".join(parts[:n])
+            if head in self.values:
+                return f"<{head} is {self.values[head]!r}>", "section"
         return NOT_IN_VERSION, "unknown"
 
 
@@ -215,6 +222,8 @@ def _drop_seeds(values: dict[str, Any]) -> dict[str, Any]:
 def _shown(value: Any, how: str) -> str:
     if how == "unknown":
         return NOT_IN_VERSION
+    if how == "section":
+        return str(value)
     return repr(value) + (" (default)" if how == "default" else "")
 
 
@@ -222,6 +231,8 @@ def _config_differences(a: _Config, b: _Config) -> list[str]:
     """'key: a vs b' for every key whose resolved value differs, a key only one side has included."""
     out = []
     for key in sorted(set(a.values) | set(b.values)):
+        if any(k.startswith(key + ".") for k in (*a.values, *b.values)):
+            continue  # a section null on one side, set on the other: its keys say what differs
         (va, ha), (vb, hb) = a.get(key), b.get(key)
         if (va, ha == "unknown") != (vb, hb == "unknown"):
             out.append(f"{key}: {_shown(va, ha)} vs {_shown(vb, hb)}")
