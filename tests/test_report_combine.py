@@ -154,6 +154,9 @@ def test_a_key_only_one_grid_has_is_compared_against_its_default(store):
     text = render.format_text(ev.values)
     assert "pools mixed code versions or configs" in text.splitlines()[0]
     assert "mixed: runs" in text and "optim.lr: 0.01 (default) vs 0.05" in text
+    assert f"runs by row: supervised@1/8, semi@1/8: raymh.version {VERSION}, commit aaaaaaaaaaaa, config of grid {a[:8]}; " in text
+    assert "each row's runs agree among themselves" in text  # no row pools both grids: none is marked *
+    assert "*" not in text
 
 
 def _children(uri: str, parent: str) -> dict[tuple[str, str, int], list[str]]:

@@ -346,7 +346,23 @@ def _mark_mixed(values, records: Sequence[RunRecord], group: dict[str, int], not
             values.diff_marks[i] = values.diff_marks.get(i, "") + "*"
     values.title_suffix += " [pools mixed code versions or configs: see 'mixed:' below]"
     values.notes += [f"mixed: {n}" for n in notes]
-    values.notes.append("*: the row or difference pools runs that differ as the 'mixed:' lines say (--allow-mixed)")
+    grid_of = {}
+    for pid, g in group.items():
+        grid_of.setdefault(g, pid)
+
+    def said(v: tuple) -> str:
+        return f"raymh.version {v[0]}, commit {v[1][:12]}, config of grid {grid_of.get(v[2], '?')[:8]}"
+
+    by_variants: dict[tuple, list[str]] = {}
+    for row in values.spec.rows:
+        by_variants.setdefault(tuple(sorted(variants(row))), []).append(f"{row.setting}@{row.fraction}")
+    values.notes.append("runs by row: " + "; ".join(
+        f"{', '.join(rows)}: {' + '.join(said(v) for v in vs)}" for vs, rows in by_variants.items()
+    ))  # fmt: skip
+    if values.row_marks or values.diff_marks:
+        values.notes.append("*: the row or difference pools runs that differ as the 'mixed:' lines say (--allow-mixed)")
+    else:
+        values.notes.append("each row's runs agree among themselves; the rows differ as the 'mixed:' lines say")
 
 
 def load_evidence(
