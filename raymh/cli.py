@@ -177,12 +177,25 @@ def reproduce(table, config, seeds, first_seed, render_seed, fractions, full, ov
 )  # fmt: skip
 @click.option("--tracking-uri", default=None, help="MLflow store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="where to write (default ./evidence-<id>)")
-def report(run_ids, tracking_uri, out) -> None:
+@click.option(
+    "--allow-mixed", is_flag=True,
+    help="pool runs of different code (raymh.version, git commit) or grids of different configs into one table, "
+    "which then marks them (*) and says what differs; refused by default",
+)  # fmt: skip
+@click.option(
+    "--allow-unpaired", is_flag=True,
+    help="report semi-vs-supervised pairs of one seed whose raymh.labeled_digest tags are missing or differ "
+    "(runs made before raymh recorded digests), marked (†); refused by default",
+)  # fmt: skip
+def report(run_ids, tracking_uri, out, allow_mixed, allow_unpaired) -> None:
     """Rebuild a `raymh reproduce` table and its figures from MLflow alone."""
     from raymh.evidence.report import report as build_report
     from raymh.platform.tracking import resolve_tracking_uri
 
-    build_report(list(run_ids), uri=tracking_uri or resolve_tracking_uri(None), out=out)
+    build_report(
+        list(run_ids), uri=tracking_uri or resolve_tracking_uri(None), out=out, allow_mixed=allow_mixed,
+        allow_unpaired=allow_unpaired,
+    )  # fmt: skip
 
 
 TRACKING_HELP = "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 
 import numpy as np
@@ -9,7 +11,15 @@ import pytest
 
 from raymh.config import ConfigError, load_config_dict
 from raymh.evidence import render
-from raymh.evidence.stats import paired_difference, summarize, t_quantile_975
+from raymh.evidence.stats import (
+    betainc,
+    holm,
+    paired_difference,
+    paired_t_p,
+    summarize,
+    t_quantile_975,
+    t_two_sided_p,
+)
 from raymh.evidence.tables import RunRecord, Trial, parse_fraction, table_spec, table_values
 
 DOMAINS = ["cityscapes", "bdd100k", "synscapes"]
@@ -36,6 +46,50 @@ def test_paired_difference_is_a_t_interval_over_same_seed_differences():
     one = paired_difference({0: 0.4}, {0: 0.3})
     assert one.n == 1 and one.mean == pytest.approx(0.1) and math.isnan(one.low)
     assert math.isnan(summarize([0.5]).std) and summarize([]).n == 0
+
+
+def test_t_test_p_values_match_scipy():
+    """The paired t-test's two-sided p-value, from our own regularized incomplete beta function."""
+    stats = pytest.importorskip("scipy.stats")
+    special = pytest.importorskip("scipy.special")
+    for a, b, x in ((0.5, 0.5, 0.3), (1.5, 0.5, 0.9), (10.0, 0.5, 0.01), (2.0, 3.0, 0.6), (50.0, 0.5, 0.999)):
+        assert betainc(a, b, x) == pytest.approx(special.betainc(a, b, x), rel=1e-10), (a, b, x)
+    for df in (1, 2, 3, 5, 29, 200):
+        for t in (0.0, 0.3, 1.0, 2.0, 4.3, 12.7, 80.0, -2.5):
+            assert t_two_sided_p(t, df) == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-9, abs=1e-300), (t, df)
+    treated, control = {0: 0.40, 1: 0.36, 2: 0.39, 3: 0.41}, {0: 0.33, 1: 0.35, 2: 0.34, 3: 0.33}
+    want = stats.ttest_rel(list(treated.values()), list(control.values())).pvalue
+    assert paired_difference(treated, control).p == pytest.approx(want, rel=1e-9)
+    assert math.isnan(paired_difference({0: 0.4}, {0: 0.3}).p)  # one seed: no test
+    assert paired_t_p(0.03, 0.0, 3) == 0.0 and paired_t_p(0.0, 0.0, 3) == 1.0  # every seed the same difference
+
+
+def test_holm_adjustment_by_hand():
+    # sorted: 0.005 (x4 = 0.02), 0.01 (x3 = 0.03), 0.03 (x2 = 0.06), 0.04 (x1 = 0.04 -> kept monotone: 0.06)
+    got = holm([0.01, 0.04, 0.03, math.nan, 0.005])
+    assert got[:3] == [pytest.approx(0.03), pytest.approx(0.06), pytest.approx(0.06)]
+    assert math.isnan(got[3]) and got[4] == pytest.approx(0.02)
+    assert holm([0.5, 0.6]) == [1.0, 1.0] and holm([]) == []
+
+
+def test_the_tables_differences_are_one_holm_family():
+    rng = np.random.default_rng(2)
+    spec = table_spec("semi-vs-supervised", domains=DOMAINS, fractions=["1/8", "1/4"])
+    values = table_values(spec, _records(rng, spec, [0, 1, 2]))
+    assert values.family == "family: 2 fractions x 4 columns = 8 paired comparisons"
+    keys = [(i, c) for i in range(2) for c in values.columns]
+    want = holm([values.diffs[k].p for k in keys])
+    assert [values.p_holm[k] for k in keys] == pytest.approx(want)
+    assert all(values.p_holm[k] >= values.diffs[k].p for k in keys)
+    d, p = values.diffs[(1, "average")], values.p_holm[(1, "average")]
+    text = render.format_text(values)
+    assert f"{100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}] p_holm{render.p_text(p)}" in text
+    assert "Holm-adjusted over the 2 fractions x 4 columns = 8 paired comparisons" in text
+    rows = list(csv.DictReader(io.StringIO(render.format_csv(values))))
+    diff = next(r for r in rows if r["kind"] == "paired_diff" and r["labels"] == "1/4" and r["column"] == "average")
+    assert float(diff["p"]) == pytest.approx(d.p) and float(diff["p_holm"]) == pytest.approx(p)
+    assert diff["seeds"] == "0 1 2" and diff["n"] == "3"
+    assert render.p_text(0.0004) == "<0.001" and render.p_text(0.04321) == "=0.043"
 
 
 def test_semi_vs_supervised_cells_and_trials():

@@ -48,7 +48,8 @@ def bar_chart(values: TableValues, path: Path) -> Path:
         top = max([top, *(m + e for m, e in zip(means, errs, strict=True))])
     ax.set_xticks(np.arange(len(cols)), cols)
     ax.set_ylabel("val mIoU x100")
-    ax.set_title(f"{values.spec.name} ({len(values.seeds)} seeds)", fontsize=10)
+    seeds = f"{len(values.seeds)} seeds" if values.uniform_seeds else f"{len(values.seeds)} seeds, not in every cell"
+    ax.set_title(f"{values.spec.name} ({seeds})", fontsize=10)
     legend_rows = math.ceil(len(rows) / 2)
     ax.set_ylim(0, max(top, 1.0) * (1.08 + 0.07 * legend_rows))  # headroom: the legend covers no bar
     ax.legend(fontsize=7, ncol=2, loc="upper left")

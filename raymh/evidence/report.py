@@ -1,7 +1,12 @@
 """`raymh report`: rebuild an evidence table and its figures from MLflow alone (no training, no data).
 
 Several parent runs of the same table and config combine into one table (`--run A --run B`): a grid at 1/8
-and a later one at 1/4 with the full row, or more seeds of the same cells. Each cell and seed is taken once.
+and a later one at 1/4 with the full row, or more seeds of the same cells. Each cell and seed is taken once:
+two finished runs of one cell and seed, in two grids or in one, are refused. Every pooled run must have run
+the same code (tags `raymh.version`, `mlflow.source.git.commit`) and every grid the same resolved config
+(seeds aside); `allow_mixed` pools them anyway, marked. The runs of one seed compared in semi-vs-supervised
+must show, by equal `raymh.labeled_digest` tags, that they trained on the same labeled batches;
+`allow_unpaired` reports them anyway, marked.
 
 A `raymh reproduce` parent run records which table it ran (params `table`, `domains`, `fractions`, `full`);
 its child runs carry their trial in tags (`raymh.setting`, `raymh.fraction`, `raymh.seed`,
@@ -20,6 +25,14 @@ from typing import Any
 
 from raymh.errors import InputError
 from raymh.evidence import figures, render
+from raymh.evidence.pooling import (
+    DIGEST_TAG,
+    digest_issues,
+    grid_differences,
+    listed,
+    mark_mixed,
+    version_differences,
+)
 from raymh.evidence.tables import (
     RunRecord,
     TableSpec,
@@ -66,67 +79,27 @@ def _parent_run(client, uri: str, parent_run_id: str):
 
 
 # What must agree between grids combined into one table; seeds, fractions and the full row may differ.
-SAME_GRID_PARAMS = ("table", "domains", "config", "render_seed", "overrides")
-
-
-def _base_config(uri: str, run_id: str) -> dict[str, Any] | None:
-    """The parent's `config/base_config.yaml` as {dotted key: value}, or None when the run has none."""
-    import mlflow
-    import yaml
-
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path="config/base_config.yaml", dst_path=tmp, tracking_uri=uri
-            )
-            raw = yaml.safe_load(Path(path).read_text())
-    except Exception:  # noqa: BLE001 - a parent without the artifact is compared by its params alone
-        return None
-
-    def flat(value: Any, prefix: str) -> dict[str, Any]:
-        if isinstance(value, dict):
-            return {k: v for key, sub in value.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
-        if isinstance(value, list) and value and all(isinstance(x, dict) and "name" in x for x in value):
-            return {k: v for x in value for k, v in flat(x, f"{prefix}{x['name']}.").items()}
-        return {prefix.rstrip("."): value}
-
-    return flat(raw, "")
-
-
-def _check_same_grid(uri: str, parents) -> None:
-    """Grids combine into one table only when they ran the same table on the same config. Keys that only one
-    of the base configs has (a setting added by a later raymh version, at its default) are not compared."""
-    first = parents[0]
-    first_config = _base_config(uri, first.info.run_id) if len(parents) > 1 else None
-    for other in parents[1:]:
-        for key in SAME_GRID_PARAMS:
-            a, b = first.data.params.get(key), other.data.params.get(key)
-            if a != b:
-                raise InputError(
-                    f"runs {first.info.run_id} and {other.info.run_id} differ in {key} ({a!r} vs {b!r}): only grids of "
-                    "the same table, domains, config and overrides combine into one table; report them separately"
-                )
-        configs = first_config, _base_config(uri, other.info.run_id)
-        if None in configs:
-            continue
-        differ = [k for k in configs[0] if k in configs[1] and configs[0][k] != configs[1][k]]
-        if differ:
-            shown = ", ".join(f"{k}: {configs[0][k]!r} vs {configs[1][k]!r}" for k in differ[:3])
-            raise InputError(
-                f"runs {first.info.run_id} and {other.info.run_id} trained different base configs "
-                f"(config/base_config.yaml: {shown}); report them separately"
-            )
-
-
-def load_evidence(uri: str, parent_run_id: str | Sequence[str]) -> Evidence:
+def load_evidence(
+    uri: str, parent_run_id: str | Sequence[str], *, allow_mixed: bool = False, allow_unpaired: bool = False
+) -> Evidence:
     """The table of one parent run, or of several grids of the same table combined (for instance 1/8 from one
-    sweep and 1/4 + full from another), from their FINISHED children; errors name the run and the fix."""
+    sweep and 1/4 + full from another), from their FINISHED children; errors name the run and the fix.
+
+    Refused unless allowed: runs of other code (tags `raymh.version`, `mlflow.source.git.commit`) or grids of
+    other configs (`allow_mixed`: the table then marks them), and pairs of semi-vs-supervised runs of one
+    seed without equal `raymh.labeled_digest` tags (`allow_unpaired`: marked). Never allowed: two finished
+    runs of one cell and seed, grids of other tables or domains."""
     ids = [parent_run_id] if isinstance(parent_run_id, str) else list(dict.fromkeys(parent_run_id))
     if not ids:
         raise InputError("no parent run given: pass the run id that `raymh reproduce` printed")
     client = _client(uri)
     parents = [_parent_run(client, uri, i) for i in ids]
-    _check_same_grid(uri, parents)
+    grid_notes, group = grid_differences(uri, parents)
+    if grid_notes and not allow_mixed:
+        raise InputError(
+            "; ".join(grid_notes) + ": only grids of the same config and overrides combine into one table; report "
+            "them separately, or pass --allow-mixed to pool them in one table that says so"
+        )
     params = parents[0].data.params
     fractions = sorted({f for p in parents for f in p.data.params["fractions"].split(",")}, key=parse_fraction)
     spec = table_spec(
@@ -147,17 +120,47 @@ def load_evidence(uri: str, parent_run_id: str | Sequence[str]) -> Evidence:
                 skipped.append(f"{run.info.run_name} ({run.info.status})")
                 continue
             trial = Trial.from_tags(tags)
-            if trial in seen and seen[trial] != pid:
+            if trial in seen:
+                prev = seen[trial]
+                where = (
+                    f"both parent runs {prev.parent_run_id} and {pid}" if prev.parent_run_id != pid
+                    else f"parent run {pid} (a retried or repeated trial)"
+                )  # fmt: skip
                 raise InputError(
-                    f"{trial.cell} seed {trial.seed} ran in both parent runs {seen[trial]} and {pid}: a combined table "
-                    "takes each cell and seed once; report them separately, or combine grids of other seeds or fractions"
+                    f"{trial.cell} seed {trial.seed} ran in {where}: finished runs {prev.run_id} and "
+                    f"{run.info.run_id}; a table takes each cell and seed once, never one of two silently: delete "
+                    "the run that should not count (`mlflow runs delete --run-id ...`), or report the grids "
+                    "separately"
                 )
-            seen[trial] = pid
             miou = {d: run.data.metrics[f"val/miou/{d}"] for d in spec.domains if f"val/miou/{d}" in run.data.metrics}
-            records.append(RunRecord(trial, miou, run.info.run_id, run.info.status))
+            seen[trial] = RunRecord(trial, miou, run.info.run_id, run.info.status, dict(tags), pid)
+            records.append(seen[trial])
     if skipped:
         print(f"[raymh] left out {len(skipped)} unfinished run(s): {', '.join(sorted(skipped))}", file=sys.stderr)
-    return Evidence(spec, table_values(spec, records), records, ids[0], uri, parent_run_ids=ids)
+    version_notes = version_differences(records)
+    if version_notes and not allow_mixed:
+        raise InputError(
+            "the runs pooled into one table ran different code: " + "; ".join(version_notes) + " (a run without "
+            "the tag counts as 'unknown'); report them separately, or pass --allow-mixed to pool them in one table "
+            "that says so"
+        )
+    unpaired = digest_issues(spec, records)
+    if unpaired and not allow_unpaired:
+        issues = [x for i in sorted(unpaired) for x in unpaired[i]]
+        raise InputError(
+            f"{len(issues)} pair(s) of runs of one seed are not shown to have trained on the same labeled batches "
+            f"(tag {DIGEST_TAG}): {listed(issues, 6)}. Runs made before raymh recorded digests have none: pass "
+            "--allow-unpaired to report them, with those differences marked"
+        )
+    values = table_values(spec, records)
+    if grid_notes or version_notes:
+        mark_mixed(values, records, group, [*version_notes, *grid_notes])
+    for i, issues in sorted(unpaired.items()):
+        values.diff_marks[i] = values.diff_marks.get(i, "") + "†"
+        values.notes += [f"unpaired: {x}" for x in issues]
+    if unpaired:
+        values.notes.append(f"†: the difference includes pairs of runs without equal {DIGEST_TAG} (--allow-unpaired)")
+    return Evidence(spec, values, records, ids[0], uri, parent_run_ids=ids)
 
 
 def _download(uri: str, run_id: str, path: str, dst: Path) -> Path | None:
@@ -234,10 +237,13 @@ def write_outputs(ev: Evidence, out: Path) -> dict[str, Path]:
     return files
 
 
-def report(parent_run_ids: str | Sequence[str], *, uri: str, out: str | Path | None = None) -> Evidence:
+def report(
+    parent_run_ids: str | Sequence[str], *, uri: str, out: str | Path | None = None, allow_mixed: bool = False,
+    allow_unpaired: bool = False,
+) -> Evidence:
     """`raymh report`: print the table of one or more combined grids and write its files (default
     ./evidence-<run id prefixes>)."""
-    ev = load_evidence(uri, parent_run_ids)
+    ev = load_evidence(uri, parent_run_ids, allow_mixed=allow_mixed, allow_unpaired=allow_unpaired)
     if len(ev.parent_run_ids) > 1:
         print(f"[raymh] one table from {len(ev.parent_run_ids)} grids: {', '.join(ev.parent_run_ids)}", flush=True)
     print(render.format_text(ev.values), flush=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 from raymh import console
 from raymh.config import ConfigError, apply_overrides, config_from_dict, load_config_dict, to_yaml
+from raymh.errors import InputError
 from raymh.evidence import render
 from raymh.evidence.report import load_evidence, write_outputs
 from raymh.evidence.tables import Trial, table_spec
@@ -158,7 +159,14 @@ def run_reproduce(
     grid, _ = run_interruptible(tuner.fit, flag=None, on_first=stop, on_second=stop)
     errors = [r.error for r in grid if r.error]
     minutes = (time.perf_counter() - t0) / 60
-    ev = load_evidence(uri, parent.run_id)
+    try:
+        ev = load_evidence(uri, parent.run_id)
+    except InputError as e:  # the grid's runs do not pool (e.g. a pair without equal digests): say so, close it
+        parent.end("FAILED")
+        raise InputError(
+            f"{e}\n[raymh] the runs are kept: read them with `raymh report --run {parent.run_id}` and the option the "
+            "message names (--allow-unpaired, --allow-mixed), which marks what it lets through"
+        ) from None
     print("\n" + render.format_text(ev.values), flush=True)
     target = Path(out) if out else files / "evidence"
     written = write_outputs(ev, target)

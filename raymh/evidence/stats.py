@@ -3,6 +3,10 @@
 Runs of two settings with the same seed share the labeled subset, the initial weights and the augmentation
 seed, so their difference is paired: the interval is over the per-seed differences (a paired t-interval),
 not over the two settings' spreads.
+
+Each difference also gets the two-sided p-value of the paired t-test (t = mean / (sd / sqrt(n)), n - 1
+degrees of freedom), from Student's t distribution computed here (the regularized incomplete beta function,
+no scipy at run time), and a table's differences are one family whose p-values are Holm-adjusted (`holm`).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Summary:
     n: int
     low: float = math.nan
     high: float = math.nan
+    p: float = math.nan  # two-sided p-value of the paired t-test (differences of at least 2 seeds)
 
 
 def summarize(values: Sequence[float]) -> Summary:
@@ -58,4 +63,73 @@ def paired_difference(treated: dict[int, float], control: dict[int, float]) -> S
     if base.n < 2:
         return base
     half = t_quantile_975(base.n - 1) * base.std / math.sqrt(base.n)
-    return Summary(base.mean, base.std, base.n, base.mean - half, base.mean + half)
+    return Summary(base.mean, base.std, base.n, base.mean - half, base.mean + half, paired_t_p(base.mean, base.std, base.n))
+
+
+def _beta_continued_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of the incomplete beta function (modified Lentz's method, as in Numerical Recipes'
+    betacf); converges quickly for x < (a + 1) / (a + b + 2)."""
+    tiny, eps = 1e-300, 1e-15
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 1000):
+        m2 = 2 * m
+        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            return h
+    raise ArithmeticError(f"incomplete beta continued fraction did not converge (a={a}, b={b}, x={x})")
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), a, b > 0, 0 <= x <= 1."""
+    if not (a > 0 and b > 0):
+        raise ValueError(f"betainc needs a, b > 0, got a={a}, b={b}")
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _beta_continued_fraction(a, b, x) / a
+    return 1.0 - front * _beta_continued_fraction(b, a, 1.0 - x) / b
+
+
+def t_two_sided_p(t: float, df: float) -> float:
+    """P(|T| >= |t|) for Student's t with df degrees of freedom: I_{df / (df + t^2)}(df / 2, 1 / 2)."""
+    if df <= 0:
+        raise ValueError(f"a t-test needs at least 1 degree of freedom, got df={df}")
+    if math.isnan(t):
+        return math.nan
+    if math.isinf(t):
+        return 0.0
+    return betainc(df / 2.0, 0.5, df / (df + t * t))
+
+
+def paired_t_p(mean: float, std: float, n: int) -> float:
+    """Two-sided p-value of a paired t-test of n per-seed differences (NaN below 2 seeds). Differences that all
+    agree (std 0) give p = 0, or 1 when they are all 0."""
+    if n < 2 or not (math.isfinite(mean) and math.isfinite(std)):
+        return math.nan
+    if std == 0:
+        return 1.0 if mean == 0 else 0.0
+    return t_two_sided_p(mean / (std / math.sqrt(n)), n - 1)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of one family of p-values (NaN entries are not in the family and stay NaN):
+    with the m p-values sorted ascending, adjusted p_(i) = max over j <= i of min(1, (m - j + 1) p_(j))."""
+    idx = sorted((i for i, p in enumerate(pvalues) if not math.isnan(p)), key=lambda i: pvalues[i])
+    m = len(idx)
+    out = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(idx):  # rank = j - 1
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        out[i] = running
+    return out

@@ -19,7 +19,8 @@ from fractions import Fraction
 from typing import Any
 
 from raymh.config import ConfigError
-from raymh.evidence.stats import Summary, paired_difference, summarize
+from raymh.errors import InputError
+from raymh.evidence.stats import Summary, holm, paired_difference, summarize
 
 TABLES = ("semi-vs-supervised", "multi-vs-single")
 SETTING_NAMES = {
@@ -148,12 +149,15 @@ def table_spec(name: str, *, domains: Sequence[str], fractions: Sequence[str], f
 # ------------------------------------------------------------------------------------ runs -> table values
 @dataclass(frozen=True)
 class RunRecord:
-    """What a table needs of one finished run: its trial and its final val mIoU per domain."""
+    """What a table needs of one finished run: its trial and its final val mIoU per domain (and, read back
+    from MLflow, its tags and parent run)."""
 
     trial: Trial
     miou: dict[str, float]
     run_id: str = ""
     status: str = "FINISHED"
+    tags: dict[str, str] = field(default_factory=dict, compare=False)
+    parent_run_id: str = ""
 
 
 @dataclass
@@ -163,16 +167,54 @@ class TableValues:
     cells: dict[tuple[Row, str], Summary] = field(default_factory=dict)  # (row, domain | "average")
     diffs: dict[tuple[int, str], Summary] = field(default_factory=dict)  # (comparison index, column)
     per_seed: dict[tuple[Row, str], dict[int, float]] = field(default_factory=dict)
+    p_holm: dict[tuple[int, str], float] = field(default_factory=dict)  # Holm-adjusted over the family of diffs
+    # What the table pools that a reader must know (`raymh report` fills these): "*" on rows and comparisons
+    # whose runs differ in code version or config, "†" on comparisons with a pair of runs whose labeled
+    # batches are not shown to match; one footnote line per finding.
+    row_marks: dict[Row, str] = field(default_factory=dict)
+    diff_marks: dict[int, str] = field(default_factory=dict)  # comparison index -> marks
+    notes: list[str] = field(default_factory=list)
+    title_suffix: str = ""
 
     @property
     def columns(self) -> list[str]:
         return [*self.spec.domains, "average"]
+
+    def seeds_of(self, row: Row, column: str) -> list[int]:
+        return sorted(self.per_seed.get((row, column), {}))
+
+    @property
+    def uniform_seeds(self) -> bool:
+        """Every cell of the table has the same seeds (then the title's seed list is every cell's)."""
+        sets = {tuple(self.seeds_of(row, c)) for row in self.spec.rows for c in self.columns}
+        return len(sets) <= 1
+
+    @property
+    def family(self) -> str:
+        """The family of paired comparisons the p-values are adjusted over, in words."""
+        spec = self.spec
+        k, cols = len(spec.comparisons), len(self.columns)
+        tested = sum(1 for v in self.p_holm.values() if not math.isnan(v))
+        unit = "fraction" if k == 1 else "fractions"
+        text = f"family: {k} {unit} x {cols} columns = {k * cols} paired comparisons"
+        if tested < k * cols:
+            text += f", {tested} of them with a p-value (2 or more common seeds)"
+        return text
 
 
 def per_seed_values(spec: TableSpec, records: Sequence[RunRecord]) -> dict[tuple[Row, str], dict[int, float]]:
     """{(row, column): {seed: mIoU}}; a single-domain row takes each domain from its own run; the average is
     the mean over domains of one seed, present only when every domain has a value for that seed."""
     out: dict[tuple[Row, str], dict[int, float]] = {}
+    seen: dict[Trial, RunRecord] = {}
+    for r in records:  # a cell at a seed is one run: a second (a retried or resumed trial) is never dropped silently
+        if r.trial in seen:
+            raise InputError(
+                f"{r.trial.cell} seed {r.trial.seed} has two finished runs, {seen[r.trial].run_id or '?'} and "
+                f"{r.run_id or '?'}: a table takes each cell and seed once; delete or rename (mlflow) the one that "
+                "should not count"
+            )
+        seen[r.trial] = r
     for row in spec.rows:
         mine = [r for r in records if r.trial.setting == row.setting and r.trial.fraction == row.fraction]
         for d in spec.domains:
@@ -190,7 +232,8 @@ def per_seed_values(spec: TableSpec, records: Sequence[RunRecord]) -> dict[tuple
 
 
 def table_values(spec: TableSpec, records: Sequence[RunRecord]) -> TableValues:
-    """Mean +- std per cell and paired differences with 95% t-intervals, from finished runs."""
+    """Mean +- std per cell and paired differences with 95% t-intervals and Holm-adjusted p-values (the
+    table's comparisons x columns are one family), from finished runs."""
     seeds = sorted({r.trial.seed for r in records})
     values = TableValues(spec, seeds, per_seed=per_seed_values(spec, records))
     for key, by_seed in values.per_seed.items():
@@ -198,4 +241,6 @@ def table_values(spec: TableSpec, records: Sequence[RunRecord]) -> TableValues:
     for i, (treated, control) in enumerate(spec.comparisons):
         for col in values.columns:
             values.diffs[(i, col)] = paired_difference(values.per_seed[(treated, col)], values.per_seed[(control, col)])
+    keys = list(values.diffs)
+    values.p_holm = dict(zip(keys, holm([values.diffs[k].p for k in keys]), strict=True))
     return values
