@@ -91,7 +91,7 @@ def _seed_note(values: TableValues) -> list[str]:
 
 def _notes(values: TableValues) -> list[str]:
     return [
-        "differences are paired by seed (same labeled subset, init and augmentation), with 95% t-intervals; "
+        "differences are paired by seed (same labeled subset, init and labeled batches, checked by digest), with 95% t-intervals; "
         f"p_holm: paired t-test p-value, Holm-adjusted over the {values.family.removeprefix('family: ')}",
         *_seed_note(values),
         *values.notes,

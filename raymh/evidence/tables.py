@@ -6,8 +6,9 @@
   semi-supervised model per domain, at each fraction; the paired difference multi - single.
 
 A cell is one training setting; a trial is a cell at one seed (and, for single-domain cells, one domain).
-Runs of the same seed share the labeled subsets (data.split_seed), the initial weights and the augmentation
-stream (train.seed), so differences between settings are paired by seed.
+Runs of the same seed share the labeled subsets (data.split_seed), the initial weights and the labeled
+batches (train.seed: each purpose its own random stream, `raymh.streams`), so differences between settings
+are paired by seed; each run's `raymh.labeled_digest` shows it (`raymh.evidence.pooling`).
 """
 
 from __future__ import annotations
