@@ -40,13 +40,9 @@ class ModelBundle:
         return self.domains[name]
 
     def build(self) -> torch.nn.Module:
-        from raymh.model import MultiHeadDeepLab
+        from raymh.model import build_model
 
-        m = self.info["model"]
-        model = MultiHeadDeepLab(
-            {d: len(v["classes"]) for d, v in self.domains.items()}, backbone=m["backbone"],
-            output_stride=m["output_stride"], head_depth=m["head_depth"], proj_dim=m["proj_dim"],
-        )  # fmt: skip
+        model = build_model(self.info["model"], {d: len(v["classes"]) for d, v in self.domains.items()})
         model.load_state_dict(self.state)
         return model.eval()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -209,3 +210,14 @@ def _kaiming_init(module: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def build_model(spec: Any, num_classes: Mapping[str, int], *, load_pretrained: bool = False) -> MultiHeadDeepLab:
+    """The one factory of a model from a config's `model` section (a `ModelConfig`, or the dict a checkpoint's
+    inference record holds): training builds it with `load_pretrained` (model.pretrained's weights), loading a
+    checkpoint or a logged model builds it bare and then loads its weights."""
+    m = spec.model_dump() if hasattr(spec, "model_dump") else dict(spec)
+    return MultiHeadDeepLab(
+        dict(num_classes), backbone=m["backbone"], output_stride=m["output_stride"], head_depth=m["head_depth"],
+        proj_dim=m["proj_dim"], pretrained=m.get("pretrained") if load_pretrained else None,
+    )  # fmt: skip

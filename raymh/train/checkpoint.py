@@ -189,12 +189,9 @@ def model_from_checkpoint(
 ) -> torch.nn.Module:
     """A MultiHeadDeepLab built from the `model` config section with a checkpoint's weights (from `state`
     when already read), in eval mode."""
-    from raymh.model import MultiHeadDeepLab
+    from raymh.model import build_model
 
-    model = MultiHeadDeepLab(
-        num_classes, backbone=model_cfg.backbone, output_stride=model_cfg.output_stride,
-        head_depth=model_cfg.head_depth, proj_dim=model_cfg.proj_dim,
-    )  # fmt: skip
+    model = build_model(model_cfg, num_classes)
     model.load_state_dict((state or read_state(directory))["model"])
     return model.eval()
 

@@ -29,7 +29,7 @@ from raymh.data.batch_transforms import train_transforms
 from raymh.data.task_decode import task_shards
 from raymh.data.worker_batches import StepBatches, step_images, train_shards, val_batches
 from raymh.losses.world import World
-from raymh.model import MultiHeadDeepLab, normalize_uint8
+from raymh.model import build_model, normalize_uint8
 from raymh.model.precision import native_bf16
 from raymh.model.sync_bn import convert_world_batchnorm, sync_bn_enabled
 from raymh.platform.tracking import TrackedRun
@@ -129,14 +129,7 @@ def setup_replica(
     domain_ranks: placement by domain (`raymh.train.domain_ranks.by_domain`): BatchNorm groups per head,
     and no DDP buffer broadcast (rank 0's running statistics of other domains' heads are stale)."""
     torch.manual_seed(streams.int_seed(cfg.train.seed, "init"))  # the same initial weights on every rank
-    model = MultiHeadDeepLab(
-        {d: info["num_classes"] for d, info in domains.items()},
-        backbone=cfg.model.backbone,
-        output_stride=cfg.model.output_stride,
-        head_depth=cfg.model.head_depth,
-        proj_dim=cfg.model.proj_dim,
-        pretrained=cfg.model.pretrained,
-    )
+    model = build_model(cfg.model, {d: info["num_classes"] for d, info in domains.items()}, load_pretrained=True)
     placed = domain_ranks is not None and domain_ranks.roles is not None
     if sync_bn_enabled(cfg.model.sync_bn, world):
         model = convert_world_batchnorm(model)
