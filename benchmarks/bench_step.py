@@ -51,7 +51,7 @@ def timed_steps(cfg: ExperimentConfig, num_classes: dict[str, int], batches, *, 
     times = []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        out = mix_loss_step(model, next(batches), cfg, dc_weight=dc_weight_at(i, cfg.loss), autocast_dtype=autocast_dtype, channels_last=channels_last)
+        out = mix_loss_step(model, next(batches), cfg, step=i, dc_weight=dc_weight_at(i, cfg.loss), autocast_dtype=autocast_dtype, channels_last=channels_last)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()

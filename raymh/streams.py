@@ -11,7 +11,9 @@ the same seed come from the same streams, whatever the unlabeled images draw (do
 - `unlabeled_photo`: the two crops' photometric augmentation (blur, colour jitter, grey) of that batch;
 - `row_order`: a set's row permutation in epoch e (the same on every rank: keyed by rank 0);
 - `init`: the model's initial weights (the same on every rank);
-- `rank_torch`: a rank's torch / numpy / Python global generators from a step on (dropout).
+- `rank_torch`: a rank's torch / numpy / Python global generators from a step on;
+- `dropout`: one sample's dropout masks at a step (`sample_seed`: keyed by the sample, not the rank, so a
+  sample is dropped alike on any worker count; `raymh.model.dropout`).
 
 No Ray, torch or raymh imports: every floor may use it.
 """
@@ -22,7 +24,7 @@ import hashlib
 
 import numpy as np
 
-PURPOSES = ("labeled_aug", "unlabeled_pair", "unlabeled_photo", "row_order", "init", "rank_torch")
+PURPOSES = ("labeled_aug", "unlabeled_pair", "unlabeled_photo", "row_order", "init", "rank_torch", "dropout")
 NO_DOMAIN = "-"  # the domain word of streams that belong to no domain (init, a rank's generators)
 _WORD = 2**32
 
@@ -63,4 +65,16 @@ def generator(seed: int, purpose: str, *, domain: str = NO_DOMAIN, rank: int = 0
 def int_seed(seed: int, purpose: str, *, domain: str = NO_DOMAIN, rank: int = 0, index: int = 0) -> int:
     """A 63-bit integer of one stream, for seeding torch / Python generators that take an int."""
     state = stream_key(seed, purpose, domain=domain, rank=rank, index=index).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def sample_seed(seed: int, purpose: str, *, domain: str, part: int, index: int, step: int) -> int:
+    """A 63-bit integer of one sample's stream at a step: part (0 labeled, 1 crop 1, 2 crop 2) and index (the
+    sample's place in its domain's global batch) take the place of a rank, so the key names the sample."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"unknown random-stream purpose {purpose!r}; one of {', '.join(PURPOSES)}")
+    words = (PURPOSES.index(purpose), domain_word(domain), int(part), int(index), int(step))
+    if not all(0 <= w < _WORD for w in words):
+        raise ValueError(f"random-stream key words must be in [0, {_WORD}), got {words}")
+    state = np.random.SeedSequence(entropy=int(seed), spawn_key=words).generate_state(2, np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from raymh.config import load_config
 from raymh.data.transforms import overlap_crop_pair
-from raymh.losses.diagnostics import pseudo_label_accuracy, similarity_stats
+from raymh.losses.crops import dc_loss_from_crops, overlap_anchors
+from raymh.losses.diagnostics import anchor_pick, pseudo_label_accuracy, similarity_stats
 from raymh.model import MultiHeadDeepLab
 from raymh.train.step import dc_weight_at, mix_loss_step
 
@@ -62,6 +63,47 @@ def test_similarity_stats_hardest_negative_skips_same_label_negatives():
     assert out["hard_neg_sim"] == pytest.approx((0.6 + 0.0) / 2)
 
 
+def _partner_case(flip2: bool) -> dict:
+    """One pair of 1x2-cell crops: the anchor is crop 1's cell 0, its partner crop 2's cell 1. The partner
+    (label 1, similarity 0.8) is the most similar cell of another pseudo-label than the anchor's (label 0);
+    the only other label-1 cell (crop 1's cell 1) has similarity 0."""
+    proj1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).T.reshape(1, 2, 1, 2)  # cell 0 = anchor, cell 1 label 1
+    proj2 = torch.tensor([[0.6, -0.8], [0.8, 0.6]]).T.reshape(1, 2, 1, 2)  # cell 0 label 0, cell 1 = partner
+    logits1 = torch.tensor([[5.0, 0.0], [0.0, 5.0]]).T.reshape(1, 2, 1, 2)  # labels [0, 1]
+    logits2 = torch.tensor([[5.0, 0.0], [0.0, 5.0]]).T.reshape(1, 2, 1, 2)  # labels [0, 1]
+    if flip2:  # crop 2 fed flipped: the same cells once the flip is undone
+        proj2, logits2 = proj2.flip(-1), logits2.flip(-1)
+    return {
+        "proj1": proj1, "proj2": proj2, "logits1": logits1, "logits2": logits2,
+        "box1": torch.tensor([[0, 0, 8, 8]]), "box2": torch.tensor([[0, 8, 8, 16]]),
+        "flip1": torch.tensor([False]), "flip2": torch.tensor([flip2]),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("flip2", [False, True])
+def test_hardest_negative_is_never_the_anchors_own_partner(flip2):
+    case = _partner_case(flip2)
+    x = overlap_anchors(**case)
+    assert x["i1"].tolist() == [0] and x["i2"].tolist() == [3]  # crop 1's cells, then crop 2's
+    assert torch.equal(x["neg"][x["i2"]], x["a2"]) and x["y2"].tolist() == [1]
+    by_label = similarity_stats(x["a1"], x["a2"], x["y1"], x["neg"], x["neg_labels"])
+    assert by_label["hard_neg_sim"] == pytest.approx(0.8)  # excluded by label only: the partner is the hardest
+    exclude = torch.stack([x["i1"], x["i2"]], 1)
+    by_index = similarity_stats(x["a1"], x["a2"], x["y1"], x["neg"], x["neg_labels"], exclude=exclude)
+    assert by_index["hard_neg_sim"] == pytest.approx(0.0)  # the other label-1 cell
+    assert by_index["pos_sim"] == pytest.approx(0.8)
+    out = dc_loss_from_crops(**case, gamma=0.5, diagnostics=True)
+    assert out["hard_neg_sim"] == pytest.approx(0.0) and out["pos_sim"] == pytest.approx(0.8)
+
+
+def test_anchor_pick_spreads_over_the_world_and_splits_by_rank():
+    whole = anchor_pick(10, 4)
+    assert whole.tolist() == [0, 3, 6, 9]
+    parts = [anchor_pick(10, 4, offset=o, count=c) + o for o, c in ((0, 4), (4, 3), (7, 3))]
+    assert torch.cat(parts).tolist() == whole.tolist()
+    assert anchor_pick(3, 512).tolist() == [0, 1, 2] and anchor_pick(0, 5).numel() == 0
+
+
 def test_crop_pair_labels_follow_the_image_crops_and_flips():
     rng = np.random.default_rng(3)
     label = np.kron(rng.integers(0, 19, size=(5, 7)), np.ones((8, 8))).astype(np.uint8)  # 8x8 blocks
@@ -102,10 +144,10 @@ def test_step_logs_the_diagnostics_of_labelled_crops():
         },
     }}  # fmt: skip
     cfg = load_config("quickstart", ["loss.dc_start_iter=0", "loss.gamma=0.1"])
-    out = mix_loss_step(model, batch, cfg, dc_weight=dc_weight_at(0, cfg.loss), diagnostics=True)
+    out = mix_loss_step(model, batch, cfg, step=0, dc_weight=dc_weight_at(0, cfg.loss), diagnostics=True)
     for key in ("passing/a", "pos_sim/a", "hard_neg_sim/a", "pseudo_acc/a", "pseudo_acc_confident/a"):
         assert key in out.stats, key
     assert 0.0 <= out.stats["pseudo_acc/a"] <= 1.0
     assert -1.0 <= out.stats["pos_sim/a"] <= 1.0 + 1e-5
-    quiet = mix_loss_step(model, batch, cfg, dc_weight=dc_weight_at(0, cfg.loss))
+    quiet = mix_loss_step(model, batch, cfg, step=0, dc_weight=dc_weight_at(0, cfg.loss))
     assert "pseudo_acc/a" not in quiet.stats and "pos_sim/a" not in quiet.stats

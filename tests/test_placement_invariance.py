@@ -46,13 +46,10 @@ def _placed_step(rank: int, world: int, root: str) -> None:
         role = ranks.roles[rank]
         cfg = _cfg({})
         replica = setup_replica(cfg, DOMAINS, rank=rank, world=world, prepare=prepare, domain_ranks=ranks)
-        model = replica.model
-        for m in model.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
+        model = replica.model  # dropout as configured: masks follow the samples (raymh.model.dropout)
         model.train()
         batch = {role.domain: _slice(_global_batch(), role.index, per_domain)[role.domain]}
-        out = mix_loss_step(model, batch, cfg, dc_weight=dc_weight_at(0, cfg.loss), world=World(world), domain_worlds=ranks.worlds)
+        out = mix_loss_step(model, batch, cfg, step=0, dc_weight=dc_weight_at(0, cfg.loss), world=World(world), domain_worlds=ranks.worlds)
         out.loss.backward()
         Path(root, f"placed{world}-{rank}.json").write_text(
             json.dumps({"loss": out.parts["loss"], "parts": out.parts, "domain": role.domain})

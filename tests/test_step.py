@@ -52,7 +52,7 @@ def test_lambda_zero_gives_the_gradients_of_a_ce_only_loop():
     m1, m2 = _model(), _model()
     m2.load_state_dict(m1.state_dict())
     torch.manual_seed(5)  # the same dropout masks in both passes
-    out = mix_loss_step(m1, batch, _cfg(**{"loss.dc_weight": 0.0}), dc_weight=0.0)
+    out = mix_loss_step(m1, batch, _cfg(**{"loss.dc_weight": 0.0}), step=500, dc_weight=0.0)
     out.loss.backward()
     # the CE-only loop, written out: one trunk pass over the labeled images of both domains
     x = {d: normalize_uint8(b["labeled"]["image"]) for d, b in batch.items()}
@@ -72,9 +72,9 @@ def test_with_lambda_every_domain_has_a_dc_term_and_per_domain_forward_agrees():
     batch = _batch(1)
     cfg = _cfg(**{"loss.dc_weight": 0.5, "loss.dc_start_iter": 0, "loss.gamma": 0.01})
     model = _model().eval()  # eval: BN statistics do not depend on how images are grouped
-    joint = mix_loss_step(model, batch, cfg, dc_weight=dc_weight_at(0, cfg.loss))
+    joint = mix_loss_step(model, batch, cfg, step=0, dc_weight=dc_weight_at(0, cfg.loss))
     split = mix_loss_step(model, batch, _cfg(**{"loss.dc_weight": 0.5, "loss.dc_start_iter": 0, "loss.gamma": 0.01,
-                                                 "train.forward": "per_domain"}), dc_weight=dc_weight_at(0, cfg.loss))  # fmt: skip
+                                                 "train.forward": "per_domain"}), step=0, dc_weight=dc_weight_at(0, cfg.loss))  # fmt: skip
     assert {"dc/a", "dc/b", "ce/a", "ce/b"} <= set(joint.parts)
     assert {"passing/a", "passing/b"} == set(joint.stats)
     expected = sum(joint.parts[f"ce/{d}"] + 0.5 * joint.parts[f"dc/{d}"] for d in CLASSES)

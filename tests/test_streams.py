@@ -136,7 +136,7 @@ def test_scrambled_labels_of_unlabeled_images_change_no_loss_and_no_gradient():
         batches.close()
         assert "label1" in batch["toy"]["unlabeled"]  # the labels travel with the crops (diagnostics only)
         model = setup_replica(cfg, domains, rank=0, world=1, prepare=no_ddp).model.train()
-        out = mix_loss_step(model, batch, cfg, dc_weight=dc_weight_at(0, cfg.loss), diagnostics=True)
+        out = mix_loss_step(model, batch, cfg, step=0, dc_weight=dc_weight_at(0, cfg.loss), diagnostics=True)
         out.loss.backward()
         grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         results.append((out.parts, out.stats, grad, batch["toy"]["unlabeled"]["label1"]))

@@ -231,7 +231,7 @@ def _eval_loop(config: dict) -> None:
                     }, "unlabeled": {}}
                     for d, info in domains.items()
                 }  # fmt: skip
-                out = mix_loss_step(model, batch, cfg, dc_weight=dc_weight_at(step, cfg.loss))
+                out = mix_loss_step(model, batch, cfg, step=step, dc_weight=dc_weight_at(step, cfg.loss))
                 replica.optimizer.zero_grad()
                 out.loss.backward()
                 replica.optimizer.step()

@@ -6,6 +6,10 @@ with about a million ReLU inputs per step one of them near zero lands on the oth
 gradient then differs by its whole size (seen here: 0.5% of the total norm, from one channel). fp64 rounding
 is 1e-16, so the comparison tests the arithmetic of the method, not the luck of the rounding.
 
+Dropout is on as configured (the ASPP's 0.1): in a step, each sample's masks are drawn from the sample's own
+stream (raymh.model.dropout), so they do not depend on the rank holding it. The DCLoss diagnostics are
+compared too: rank 0 logs those of the whole batch.
+
 Each switch is also shown to matter: without model.sync_bn, or without loss.gather_negatives, the two
 differ. (Before these existed, the ranks' per-rank means, BatchNorm statistics and negatives made every
 one of the comparisons below fail.)
@@ -67,6 +71,8 @@ def _global_batch() -> dict:
                 "flip1": torch.rand(n_unl, generator=g) < 0.5, "flip2": torch.rand(n_unl, generator=g) < 0.5,
                 "valid1": torch.ones(n_unl, SIZE, SIZE, dtype=torch.bool),
                 "valid2": torch.ones(n_unl, SIZE, SIZE, dtype=torch.bool),
+                "label1": torch.randint(0, info["num_classes"], (n_unl, SIZE, SIZE), generator=g).to(torch.uint8),
+                "label2": torch.randint(0, info["num_classes"], (n_unl, SIZE, SIZE), generator=g).to(torch.uint8),
             },
         }  # fmt: skip
     return out
@@ -86,15 +92,13 @@ def _slice(batch: dict, rank: int, world: int) -> dict:
 def _step(cfg, *, rank: int, world: int, prepare) -> dict:
     """One Mix Loss step of this rank's slice; the loss of the whole batch and the (DDP-averaged) gradient."""
     replica = setup_replica(cfg, DOMAINS, rank=rank, world=world, prepare=prepare)
-    model = replica.model
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0  # dropout off: masks are per rank by design
+    model = replica.model  # dropout as configured: each sample's masks come from the sample's own stream
     model.train()
-    out = mix_loss_step(model, _slice(_global_batch(), rank, world), cfg, dc_weight=dc_weight_at(0, cfg.loss), world=World(world))
+    batch = _slice(_global_batch(), rank, world)
+    out = mix_loss_step(model, batch, cfg, step=0, dc_weight=dc_weight_at(0, cfg.loss), world=World(world), diagnostics=True)
     out.loss.backward()
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
-    return {"loss": out.parts["loss"], "grad": torch.cat([g.detach().flatten() for g in grads])}
+    return {"loss": out.parts["loss"], "grad": torch.cat([g.detach().flatten() for g in grads]), "stats": out.stats}
 
 
 def _rank_main(rank: int, world: int, root: str) -> None:
@@ -135,6 +139,23 @@ def test_two_ranks_give_the_loss_and_gradient_of_one(two_vs_one):
     assert math.isfinite(one["all_on"]["loss"]) and one["all_on"]["loss"] > 0
     assert two["all_on"]["loss"] == pytest.approx(one["all_on"]["loss"], rel=1e-5)
     assert _rel(two["all_on"]["grad"], one["all_on"]["grad"]) < 1e-5
+
+
+def test_two_ranks_log_the_diagnostics_of_one(two_vs_one):
+    """Pseudo-label accuracy, similarities and the passing fraction are over every rank's crops (one
+    all-reduce of sums), the hardest negatives among the gathered negatives: rank 0 logs the whole batch's."""
+    two, one = two_vs_one
+    for variant in ("all_on", "local_negatives"):
+        stats, reference = two[variant]["stats"], one[variant]["stats"]
+        assert set(stats) == set(reference)
+        assert {k.split("/")[0] for k in stats} == {
+            "passing", "pos_sim", "hard_neg_sim", "pseudo_acc", "pseudo_acc_confident"
+        }  # fmt: skip
+        for key, value in reference.items():
+            if variant == "local_negatives" and key.startswith("hard_neg_sim"):
+                continue  # each rank's own negatives, as its loss: the hardest ones depend on the split
+            assert math.isfinite(value), key
+            assert stats[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (variant, key)
 
 
 @pytest.mark.parametrize("variant", ["no_sync_bn", "local_negatives"])

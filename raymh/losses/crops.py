@@ -33,6 +33,7 @@ def dc_loss_from_crops(
     diagnostics: bool = False,
     world: World = LOCAL,
     gather_negatives: bool = True,
+    max_anchors: int = 512,
 ) -> dict:
     """DCLoss of a crop pair: undo flips, align the overlap boxes, negatives = all positions (docs/method.md, DCLoss items 2-5).
 
@@ -43,18 +44,24 @@ def dc_loss_from_crops(
     proj*: (B, D, h, w) stride-8 L2-normalised projections; logits*: (B, C, h, w) stride-8 logits; box*: (B, 4)
     [y0, x0, y1, x1] overlap in pixels (multiples of 8) in each crop's unflipped frame; flip*: (B,) bool;
     valid*: optional (B, H, W) bool pixel masks in the frame the crop was fed to the network (False = padding).
-    Returns {"loss": Tensor, "anchors": int n, "passing": fraction of the 2n directional terms that are on};
-    with diagnostics, also "pos_sim" and "hard_neg_sim" (`raymh.losses.diagnostics.similarity_stats`).
+    Returns {"loss": Tensor, "anchors": int n (this rank's), "on": int (this rank's directional terms that
+    are on), "passing": fraction of the directional terms that are on (all ranks')}; with diagnostics, also
+    "pos_sim" and "hard_neg_sim" over all ranks' anchors (`raymh.losses.diagnostics.similarity_stats`, the
+    hardest negatives among the loss's negatives, at most max_anchors anchors of all ranks) and
+    "similarity_sums", this rank's share of them (`similarity_sums`).
     """
     x = overlap_anchors(
         proj1, proj2, logits1, logits2, box1, box2, flip1, flip2, valid1=valid1, valid2=valid2
     )
     masks = direction_masks(x["c1"].detach(), x["c2"].detach(), gamma=gamma)
+    n = int(x["a1"].shape[0])
     counts = torch.stack([masks["m1"].sum(), masks["m2"].sum()]).float()
+    totals = counts.new_tensor([float(counts.sum()), 2.0 * n])  # terms on, all terms
     normalizers = None
     neg, neg_labels = x["neg"], x["neg_labels"]
     if world.size > 1:
-        normalizers = tuple(world.sum(counts).tolist())
+        summed = world.sum(torch.cat([counts, totals])).tolist()
+        normalizers, totals = tuple(summed[:2]), torch.tensor(summed[2:])
         if gather_negatives:  # labels ride along as one more float column (exact below 2^24)
             rows = world.gather_rows(torch.cat([neg, neg_labels[:, None].to(neg.dtype)], 1))
             neg, neg_labels = rows[:, :-1], rows[:, -1].long()
@@ -62,13 +69,22 @@ def dc_loss_from_crops(
         x["a1"], x["a2"], x["y1"], x["y2"], x["c1"], x["c2"], neg, neg_labels,
         temperature=temperature, gamma=gamma, chunk_size=chunk_size, normalizers=normalizers,
     )  # fmt: skip
-    n = int(x["a1"].shape[0])
-    on = int(counts.sum())
-    out = {"loss": loss, "anchors": n, "passing": on / (2 * n) if n else 0.0}
+    on, terms = (float(v) for v in totals)
+    out = {"loss": loss, "anchors": n, "on": int(counts.sum()), "passing": on / terms if terms else 0.0}
     if diagnostics:
-        from raymh.losses.diagnostics import similarity_stats
+        from raymh.losses.diagnostics import anchor_pick, similarity_means, similarity_sums
 
-        out.update(similarity_stats(x["a1"], x["a2"], x["y1"], x["neg"], x["neg_labels"]))
+        exclude = torch.stack([x["i1"], x["i2"]], 1)  # each anchor's own cell and its partner's
+        offset, total = 0, n
+        if world.size > 1:  # where this rank's anchors and negatives start among all ranks'
+            starts, sizes = world.offsets(torch.tensor([n, x["neg"].shape[0]], device=exclude.device))
+            offset, total = int(starts[0]), int(sizes[0])
+            if gather_negatives:
+                exclude = exclude + starts[1]
+        pick = anchor_pick(total, max_anchors, offset=offset, count=n, device=exclude.device)
+        sums = similarity_sums(x["a1"], x["a2"], x["y1"], neg, neg_labels, pick=pick, exclude=exclude)
+        out["similarity_sums"] = sums  # this rank's share; the means below are over the world
+        out.update(similarity_means(world.sum(sums)))
     return out
 
 
@@ -89,7 +105,8 @@ def overlap_anchors(
 
     Same arguments as dc_loss_from_crops. Returns a1, a2 (n, D) (gradients flow), y1, y2 (n,) pseudo-labels,
     c1, c2 (n,) confidences, neg (N, D) detached and neg_labels (N,): anchors valid on both sides, negatives
-    every valid cell of both crops of the batch.
+    every valid cell of both crops of the batch (crop 1's cells, then crop 2's, each in (sample, row,
+    column) order); i1, i2 (n,): the rows of neg that are the anchors a1_i and a2_i themselves.
     """
     _check_pair(proj1=proj1, logits1=logits1, box1=box1, flip1=flip1, valid1=valid1, k=1)
     _check_pair(proj1=proj2, logits1=logits2, box1=box2, flip1=flip2, valid1=valid2, k=2)
@@ -102,7 +119,12 @@ def overlap_anchors(
         _unflipped_view(proj, logits, flip, valid)
         for proj, logits, flip, valid in ((proj1, logits1, flip1, valid1), (proj2, logits2, flip2, valid2))
     ]
-    cuts: dict[str, list[Tensor]] = {k: [] for k in ("a1", "a2", "y1", "y2", "c1", "c2", "keep")}
+    start = 0
+    for view in views:  # each cell's row in `_negatives`' output: crop 1's valid cells, then crop 2's
+        valid = view["valid"]
+        view["pos"] = (valid.flatten().long().cumsum(0) - 1 + start).reshape(valid.shape)
+        start += int(valid.sum())
+    cuts: dict[str, list[Tensor]] = {k: [] for k in ("a1", "a2", "y1", "y2", "c1", "c2", "i1", "i2", "keep")}
     for b in range(proj1.shape[0]):
         cut1 = _cut_box(views[0], box1[b], b=b, k=1)
         cut2 = _cut_box(views[1], box2[b], b=b, k=2)
@@ -116,6 +138,7 @@ def overlap_anchors(
             cuts["a" + k].append(cut["proj"].flatten(1).T)
             cuts["y" + k].append(cut["y"].flatten())
             cuts["c" + k].append(cut["c"].flatten())
+            cuts["i" + k].append(cut["pos"].flatten())
         cuts["keep"].append((cut1["valid"] & cut2["valid"]).flatten())
     keep = torch.cat(cuts.pop("keep"))
     out = {k: torch.cat(v)[keep] for k, v in cuts.items()}
@@ -159,6 +182,7 @@ def _cut_box(view: dict[str, Tensor], box: Tensor, *, b: int, k: int) -> dict[st
         "y": view["y"][b, rows, cols],
         "c": view["c"][b, rows, cols],
         "valid": view["valid"][b, rows, cols],
+        "pos": view["pos"][b, rows, cols],
     }
 
 

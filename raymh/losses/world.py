@@ -25,6 +25,11 @@ class World:
         self.size, self.group = size, group
 
     @property
+    def rank(self) -> int:
+        """This rank's place in the world (its rank in `group`; rank order is the order of `gather_rows`)."""
+        return dist.get_rank(self.group) if self.size > 1 else 0
+
+    @property
     def backward_scale(self) -> float:
         """What a rank multiplies its partial loss by before backward: DDP divides the summed gradient by W."""
         return float(self.size)
@@ -50,6 +55,13 @@ class World:
         parts = [torch.empty_like(padded) for _ in range(self.size)]
         dist.all_gather(parts, padded.contiguous(), group=self.group)
         return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])
+
+    def offsets(self, counts: Tensor) -> tuple[Tensor, Tensor]:
+        """(what the ranks before this one hold, what all ranks hold) of each count in `counts` (1-D): where
+        this rank's rows start in `gather_rows`' output, and its length. One all-gather (none for one rank)."""
+        counts = counts.detach().reshape(1, -1)
+        every = self.gather_rows(counts)  # (size, k) in rank order
+        return every[: self.rank].sum(0), every.sum(0)
 
 
 LOCAL = World()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from raymh.model.dropout import SampleDropout
+
 ASPP_RATES: dict[int, tuple[int, int, int]] = {16: (6, 12, 18), 8: (12, 24, 36)}
 
 
@@ -54,7 +56,7 @@ class ASPP(nn.Module):
             + [ImagePooling(in_channels, channels)]
         )
         self.project = nn.Sequential(
-            conv_bn_relu(len(self.branches) * channels, channels), nn.Dropout(dropout)
+            conv_bn_relu(len(self.branches) * channels, channels), SampleDropout(dropout)
         )
         self.out_channels = channels
 

@@ -18,7 +18,9 @@ from raymh.losses import cross_entropy, dc_loss_from_crops, mix_loss
 from raymh.losses.diagnostics import pseudo_label_accuracy
 from raymh.losses.world import LOCAL, World
 from raymh.model import normalize_uint8
+from raymh.model.dropout import sample_keys
 from raymh.model.precision import at_least_fp32
+from raymh.streams import sample_seed
 from raymh.train.checkpoint import unwrap
 
 
@@ -27,7 +29,8 @@ class StepOutput:
     loss: torch.Tensor  # what this rank calls backward on: the Mix Loss (x W, its partial share on W ranks)
     parts: dict[str, float]  # "ce/<d>", "dc/<d>", "loss": every term of the whole batch (all ranks), for logging
     # "passing/<d>": fraction of DCLoss directional terms on; with diagnostics also "pseudo_acc/<d>",
-    # "pseudo_acc_confident/<d>" (when the crops carry true labels), "pos_sim/<d>", "hard_neg_sim/<d>"
+    # "pseudo_acc_confident/<d>" (when the crops carry true labels), "pos_sim/<d>", "hard_neg_sim/<d>";
+    # all over every rank's crops (under placement, rank 0 gets every domain's)
     stats: dict[str, float]
 
 
@@ -56,6 +59,7 @@ def mix_loss_step(
     batches: dict[str, dict[str, dict[str, torch.Tensor]]],
     cfg: ExperimentConfig,
     *,
+    step: int,
     dc_weight: float,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
@@ -66,10 +70,12 @@ def mix_loss_step(
 ) -> StepOutput:
     """Forward every domain's labeled batch and crop pair, and return the Mix Loss with its parts.
 
-    dc_weight: lambda_t of this step (`dc_weight_at(step, cfg.loss)`); at 0 no crop pair is forwarded.
+    step: the step's number (it keys each sample's dropout masks); dc_weight: lambda_t of this step
+    (`dc_weight_at(step, cfg.loss)`, computed once by the caller); at 0 no crop pair is forwarded.
 
     diagnostics: also measure the unsupervised branch (`raymh.losses.diagnostics`; costs a little, so the
-    worker asks for it on logging steps only; measured on this rank's slice).
+    worker asks for it on logging steps only). Over all ranks' crops: every rank must pass the same flag
+    (it adds collectives), and every rank gets the stats of the whole batch.
     world: the ranks holding the other slices of the step's batch. Every term is normalised over all of
     them (labeled pixels, masked anchors; negatives gathered when loss.gather_negatives), so W ranks with
     b images per domain compute the loss and, after DDP's average, the gradient of one worker with W*b.
@@ -86,15 +92,16 @@ def mix_loss_step(
         inputs[domain], n_lab, n_unl = _inputs(batch, use_dc, dev, channels_last, dtype)
         sizes[domain] = (n_lab, n_unl)
 
-    with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+    worlds = dict(domain_worlds) if domain_worlds is not None else {d: world for d in inputs}
+    keys = _dropout_keys(cfg.train.seed, step, sizes, worlds)
+    with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None), sample_keys(model, keys):
         # joint: one trunk pass over all domains' images, each head on its own slice (one DDP forward either way)
         outputs = model(inputs, joint=cfg.train.forward == "joint")
 
     labels = {d: batches[d]["labeled"]["label"].to(dev, non_blocking=True) for d in outputs}
-    worlds = dict(domain_worlds) if domain_worlds is not None else {d: world for d in outputs}
     # labeled pixels per domain over the domain's ranks, the CE's divisor (None: this rank's batch is all)
     pixels = _global_sums({d: (labels[d] != IGNORE_INDEX).sum().float() for d in outputs}, worlds)
-    per_domain, stats = {}, {}
+    per_domain, sums = {}, {}  # sums: {domain: {name: this rank's share}}, the stats' numerators and counts
     for domain, out in outputs.items():
         n_lab, n_unl = sizes[domain]
         logits = at_least_fp32(out["logits"][:n_lab])
@@ -112,20 +119,72 @@ def mix_loss_step(
                 world=worlds[domain], gather_negatives=cfg.loss.gather_negatives,
             )  # fmt: skip
             terms["dc"] = dc["loss"]
-            stats[f"passing/{domain}"] = dc["passing"]
+            sums[domain] = {"served": 1.0, "on": dc["on"], "terms": 2.0 * dc["anchors"]}
             if diagnostics:
-                stats.update(_diagnostics(domain, dc, u, logits8, n_unl, cfg.loss.gamma))
+                sums[domain].update(_diagnostic_sums(dc, u, logits8, n_unl, cfg.loss.gamma))
         per_domain[domain] = terms
 
     total, parts = mix_loss(per_domain, dc_weight=lam)
-    if world.size > 1:  # the ranks' partial terms sum to the batch's terms
+    names = _sum_names(use_dc, diagnostics)
+    if world.size > 1:  # the ranks' partial terms sum to the batch's terms; the stats' sums too (one all-reduce)
         terms = ("ce", "dc") if use_dc else ("ce",)
-        keys = [f"{t}/{d}" for d in unwrap(model).domains for t in terms] + ["loss"]  # the same on every rank
-        local = torch.tensor([parts.get(k, 0.0) for k in keys], dtype=torch.float64, device=dev)
-        parts = dict(zip(keys, world.sum(local).tolist(), strict=True))
+        domains = unwrap(model).domains  # the same on every rank
+        part_keys = [f"{t}/{d}" for d in domains for t in terms] + ["loss"]
+        sum_keys = [(d, n) for d in domains for n in names]
+        local = [parts.get(k, 0.0) for k in part_keys] + [sums.get(d, {}).get(n, 0.0) for d, n in sum_keys]
+        summed = world.sum(torch.tensor(local, dtype=torch.float64, device=dev)).tolist()
+        parts = dict(zip(part_keys, summed[: len(part_keys)], strict=True))
+        sums = {d: {} for d in domains}
+        for (d, n), v in zip(sum_keys, summed[len(part_keys) :], strict=True):
+            sums[d][n] = v
         total = total * world.backward_scale
     parts["dc_weight"] = lam
-    return StepOutput(loss=total, parts=parts, stats=stats)
+    return StepOutput(loss=total, parts=parts, stats=_stats(sums))
+
+
+_PASSING_SUMS = ("served", "on", "terms")
+_DIAGNOSTIC_SUMS = ("pos", "pairs", "hard", "hard_anchors", "labelled", "right", "cells", "right_conf", "confident")
+
+
+def _sum_names(use_dc: bool, diagnostics: bool) -> tuple[str, ...]:
+    if not use_dc:
+        return ()
+    return _PASSING_SUMS + (_DIAGNOSTIC_SUMS if diagnostics else ())
+
+
+def _stats(sums: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """The logged stats of the domains some rank forwarded crops of, from sums over all ranks."""
+    stats = {}
+    for d, s in sums.items():
+        if not s.get("served"):
+            continue
+        stats[f"passing/{d}"] = s["on"] / s["terms"] if s["terms"] else 0.0
+        if "pos" not in s:
+            continue
+        stats[f"pos_sim/{d}"], stats[f"hard_neg_sim/{d}"] = _ratio(s, "pos", "pairs"), _ratio(s, "hard", "hard_anchors")
+        if s["labelled"]:
+            stats[f"pseudo_acc/{d}"] = _ratio(s, "right", "cells")
+            stats[f"pseudo_acc_confident/{d}"] = _ratio(s, "right_conf", "confident")
+    return stats
+
+
+def _ratio(sums: Mapping[str, float], num: str, den: str) -> float:
+    return sums[num] / sums[den] if sums[den] else float("nan")
+
+
+def _dropout_keys(seed: int, step: int, sizes: Mapping[str, tuple[int, int]], worlds: Mapping[str, World]) -> list[int]:
+    """One dropout key per image row the model is fed, in `_inputs`' order (each domain's labeled crops,
+    crop 1s, crop 2s): the sample's place in its domain's global batch, not this rank's (raymh.model.dropout).
+    Every rank of a domain holds as many images of each part (the global batch split evenly)."""
+    keys = []
+    for domain, (n_lab, n_unl) in sizes.items():
+        rank = worlds[domain].rank
+        for part, n in ((0, n_lab), (1, n_unl), (2, n_unl)):
+            keys += [
+                sample_seed(seed, "dropout", domain=domain, part=part, index=rank * n + i, step=step)
+                for i in range(n)
+            ]
+    return keys
 
 
 def _global_sums(counts: Mapping[str, torch.Tensor], worlds: Mapping[str, World]) -> dict[str, float | None]:
@@ -141,12 +200,16 @@ def _global_sums(counts: Mapping[str, torch.Tensor], worlds: Mapping[str, World]
     return out
 
 
-def _diagnostics(domain: str, dc: dict, unlabeled: dict, logits8: torch.Tensor, n_unl: int, gamma: float) -> dict:
-    """One domain's DCLoss diagnostics: similarities, and pseudo-label accuracy when the crops carry labels."""
-    out = {f"{k}/{domain}": dc[k] for k in ("pos_sim", "hard_neg_sim")}
+def _diagnostic_sums(dc: dict, unlabeled: dict, logits8: torch.Tensor, n_unl: int, gamma: float) -> dict:
+    """This rank's share of one domain's DCLoss diagnostics: the similarity sums, and the pseudo-label counts
+    when the crops carry true labels (added over ranks by mix_loss_step, which logs their ratios)."""
+    pos, pairs, hard, hard_anchors = dc["similarity_sums"].tolist()
+    out = {"pos": pos, "pairs": pairs, "hard": hard, "hard_anchors": hard_anchors, "labelled": 0.0}
     if "label1" in unlabeled:
         labels = torch.cat([unlabeled["label1"], unlabeled["label2"]]).to(logits8.device)
         acc = pseudo_label_accuracy(logits8[: 2 * n_unl], labels, gamma=gamma)
-        out[f"pseudo_acc/{domain}"] = acc["acc"]
-        out[f"pseudo_acc_confident/{domain}"] = acc["acc_confident"]
+        out.update(
+            labelled=1.0, right=acc["right"], cells=acc["cells"], right_conf=acc["right_confident"],
+            confident=acc["confident"],
+        )  # fmt: skip
     return out

@@ -251,9 +251,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         batch = batches.next_batch(unlabeled=lam > 0)  # no unlabeled work before DCLoss
         if digest is not None and digest.add(step, batch, final=step + 1 == cfg.train.iters) and tracked:
             tracked.set_tags(digest.tags())
-        logging_step = rank == 0 and ((step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.iters)
+        # the same on every rank: the diagnostics of a logging step are collectives (rank 0 logs them)
+        logging_step = (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.iters
         out = mix_loss_step(
-            model, batch, cfg, dc_weight=lam, device=device, autocast_dtype=autocast_dtype,
+            model, batch, cfg, step=step, dc_weight=lam, device=device, autocast_dtype=autocast_dtype,
             channels_last=channels_last, diagnostics=logging_step, world=loss_world, domain_worlds=ranks.worlds,
         )  # fmt: skip
         if not _all_ranks_finite(out.loss.detach().cpu(), world):
@@ -270,7 +271,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         images_since += step_images(batch)  # forwarded images only
 
         done = step + 1
-        if logging_step:
+        if logging_step and rank == 0:
             now = time.perf_counter()
             ips = images_since * world / max(now - t_log, 1e-9)
             metrics = {f"train/{k}": v for k, v in {**out.parts, **out.stats}.items()}
