@@ -10,6 +10,8 @@ import torch
 from raymh.config import load_config
 from raymh.losses import cross_entropy
 from raymh.model import MultiHeadDeepLab, normalize_uint8
+from raymh.model.dropout import sample_keys
+from raymh.streams import sample_seed
 from raymh.train.step import dc_weight_at, mix_loss_step
 
 CLASSES = {"a": 19, "b": 7}
@@ -51,13 +53,18 @@ def test_lambda_zero_gives_the_gradients_of_a_ce_only_loop():
     batch = _batch(0)
     m1, m2 = _model(), _model()
     m2.load_state_dict(m1.state_dict())
-    torch.manual_seed(5)  # the same dropout masks in both passes
-    out = mix_loss_step(m1, batch, _cfg(**{"loss.dc_weight": 0.0}), step=500, dc_weight=0.0)
+    cfg = _cfg(**{"loss.dc_weight": 0.0})
+    out = mix_loss_step(m1, batch, cfg, step=500, dc_weight=0.0)
     out.loss.backward()
-    # the CE-only loop, written out: one trunk pass over the labeled images of both domains
+    # the CE-only loop, written out: one trunk pass over the labeled images of both domains, each image's
+    # dropout masks from its own stream (domain, part 0 = labeled, its index in the batch, the step)
     x = {d: normalize_uint8(b["labeled"]["image"]) for d, b in batch.items()}
-    torch.manual_seed(5)
-    outs = m2.forward_domains(x)
+    keys = [
+        sample_seed(cfg.train.seed, "dropout", domain=d, part=0, index=i, step=500)
+        for d in batch for i in range(x[d].shape[0])
+    ]
+    with sample_keys(m2, keys):
+        outs = m2.forward_domains(x)
     ce = sum(cross_entropy(outs[d]["logits"], batch[d]["labeled"]["label"]) for d in CLASSES)
     ce.backward()
     assert out.loss.item() == pytest.approx(ce.item(), rel=1e-6)

@@ -26,12 +26,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from raymh.config import load_config
+from raymh.losses import crops
 from raymh.losses.world import World
 from raymh.train.step import dc_weight_at, mix_loss_step
 from raymh.train.worker import setup_replica
 
 DOMAINS = {"a": {"num_classes": 19}, "b": {"num_classes": 7}}
 RANKS, B_LAB, B_UNL, SIZE = 2, 2, 1, 32  # the two-rank case; labeled and unlabeled pairs per rank
+DIAGNOSTIC_ANCHORS = 5  # of the 12 anchors per domain (6 per rank): the hardest negatives of a subsample
 VARIANTS = {
     "all_on": {},
     "no_sync_bn": {"model.sync_bn": "false"},
@@ -95,7 +97,13 @@ def _step(cfg, *, rank: int, world: int, prepare) -> dict:
     model = replica.model  # dropout as configured: each sample's masks come from the sample's own stream
     model.train()
     batch = _slice(_global_batch(), rank, world)
-    out = mix_loss_step(model, batch, cfg, step=0, dc_weight=dc_weight_at(0, cfg.loss), world=World(world), diagnostics=True)
+    kept = crops.DIAGNOSTIC_ANCHORS
+    crops.DIAGNOSTIC_ANCHORS = DIAGNOSTIC_ANCHORS
+    try:
+        out = mix_loss_step(model, batch, cfg, step=0, dc_weight=dc_weight_at(0, cfg.loss), world=World(world),
+                            diagnostics=True)  # fmt: skip
+    finally:
+        crops.DIAGNOSTIC_ANCHORS = kept
     out.loss.backward()
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
     return {"loss": out.parts["loss"], "grad": torch.cat([g.detach().flatten() for g in grads]), "stats": out.stats}
@@ -143,7 +151,8 @@ def test_two_ranks_give_the_loss_and_gradient_of_one(two_vs_one):
 
 def test_two_ranks_log_the_diagnostics_of_one(two_vs_one):
     """Pseudo-label accuracy, similarities and the passing fraction are over every rank's crops (one
-    all-reduce of sums), the hardest negatives among the gathered negatives: rank 0 logs the whole batch's."""
+    all-reduce of sums), the hardest negatives among the gathered negatives, of anchors subsampled over the
+    whole batch (DIAGNOSTIC_ANCHORS, split across the ranks): rank 0 logs the whole batch's."""
     two, one = two_vs_one
     for variant in ("all_on", "local_negatives"):
         stats, reference = two[variant]["stats"], one[variant]["stats"]

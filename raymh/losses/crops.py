@@ -13,6 +13,7 @@ from raymh.model.precision import at_least_fp32
 __all__ = ["dc_loss_from_crops", "overlap_anchors"]
 
 STRIDE = FEATURE_STRIDE
+DIAGNOSTIC_ANCHORS = 512  # the hardest negative of at most this many anchors per domain and step (all ranks')
 
 
 def dc_loss_from_crops(
@@ -33,7 +34,7 @@ def dc_loss_from_crops(
     diagnostics: bool = False,
     world: World = LOCAL,
     gather_negatives: bool = True,
-    max_anchors: int = 512,
+    max_anchors: int | None = None,
 ) -> dict:
     """DCLoss of a crop pair: undo flips, align the overlap boxes, negatives = all positions (docs/method.md, DCLoss items 2-5).
 
@@ -47,7 +48,8 @@ def dc_loss_from_crops(
     Returns {"loss": Tensor, "anchors": int n (this rank's), "on": int (this rank's directional terms that
     are on), "passing": fraction of the directional terms that are on (all ranks')}; with diagnostics, also
     "pos_sim" and "hard_neg_sim" over all ranks' anchors (`raymh.losses.diagnostics.similarity_stats`, the
-    hardest negatives among the loss's negatives, at most max_anchors anchors of all ranks) and
+    hardest negatives among the loss's negatives, at most max_anchors anchors of all ranks, default
+    DIAGNOSTIC_ANCHORS) and
     "similarity_sums", this rank's share of them (`similarity_sums`).
     """
     x = overlap_anchors(
@@ -81,7 +83,8 @@ def dc_loss_from_crops(
             offset, total = int(starts[0]), int(sizes[0])
             if gather_negatives:
                 exclude = exclude + starts[1]
-        pick = anchor_pick(total, max_anchors, offset=offset, count=n, device=exclude.device)
+        limit = DIAGNOSTIC_ANCHORS if max_anchors is None else max_anchors
+        pick = anchor_pick(total, limit, offset=offset, count=n, device=exclude.device)
         sums = similarity_sums(x["a1"], x["a2"], x["y1"], neg, neg_labels, pick=pick, exclude=exclude)
         out["similarity_sums"] = sums  # this rank's share; the means below are over the world
         out.update(similarity_means(world.sum(sums)))
