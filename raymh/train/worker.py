@@ -122,10 +122,13 @@ def setup_replica(
 ) -> Replica:
     """Build this rank's model (the same initial weights on every rank; BatchNorm over all ranks when
     model.sync_bn), wrap it for DDP (`prepare`, default Ray Train's prepare_model), restore a checkpoint,
-    then seed this rank's own random streams (dropout, augmentation) for the step it starts at.
+    then seed this rank's global generators for the step it starts at (`seed_rank_generators`).
 
-    The streams are seeded after everything else, in fresh and resumed runs alike: seeded before the
-    model, every rank would draw the same dropout masks for the whole run.
+    Inside a training step dropout draws each image's masks from that image's own stream (step, domain,
+    part, index in the global batch: `raymh.model.dropout.SampleDropout`) and augmentation has streams of
+    its own (`raymh.data.batch_transforms.augment_part`); the rank's global generators serve what draws
+    outside those (dropout in a forward outside a step). They are seeded after everything else, in fresh and
+    resumed runs alike, from (seed, rank, step).
     domain_ranks: placement by domain (`raymh.train.domain_ranks.by_domain`): BatchNorm groups per head,
     and no DDP buffer broadcast (rank 0's running statistics of other domains' heads are stale)."""
     torch.manual_seed(streams.int_seed(cfg.train.seed, "init"))  # the same initial weights on every rank
