@@ -83,19 +83,19 @@ def _repeat_rows(table: pa.Table, *, repeat: int) -> pa.Table:
 
 # ------------------------------------------------------------------------------------------------ building
 def _cached_rows(
-    files: list[str], ids: list[str], *, columns: list[str], repeat: int, name: str, shuffle: bool, site=None,
+    files: list[str], ids: list[str], *, columns: list[str], repeat: int, name: str, shuffle: bool, store=None,
     selector=None,
 ):
     """The rows of `ids` from the Parquet files, put in the object store one file at a time, as RowBlocks
     (repeating costs no memory). No Ray Data execution: a few Parquet reads here instead of a
-    read/filter/materialize run per set (seconds each on 2 cores). site: a placed domain's (SiteStore actor,
-    its name); the rows are then read and owned by that actor on the domain's nodes, and this process gets a
+    read/filter/materialize run per set (seconds each on 2 cores). store: a placed domain's (SiteStore actor,
+    its name), selector: its label selector; the rows are then read and owned by that actor on the domain's nodes, and this process gets a
     `SiteRows` (counts and the store, no reference to a row; `raymh.data.site_store`)."""
-    if site is None:
-        return put_rows(name, site_reads.read_tables(files, ids, columns)[:-1], repeat=repeat, shuffle=shuffle)
-    store, store_name = site
+    if store is None:
+        return put_rows(name, site_reads.read_tables(files, ids, columns), repeat=repeat, shuffle=shuffle)
+    actor, store_name = store
     domain = name.split(".")[0]
-    return site_store.read_on_site(store, store_name, name, files, ids, columns, repeat=repeat, shuffle=shuffle,
+    return site_store.read_on_site(actor, store_name, name, files, ids, columns, repeat=repeat, shuffle=shuffle,
                                    selector=selector, domain=domain)  # fmt: skip
 
 
@@ -121,7 +121,7 @@ def _train_set(
         raise ValueError(f"{what}: transforms_on='tasks' decodes cached rows; it needs cache_encoded=True")
     if transforms_on in ("worker", "tasks") and cache_encoded:
         return _cached_rows(
-            files, ids, columns=columns, repeat=repeat, name=what, shuffle=shuffle, site=store, selector=site
+            files, ids, columns=columns, repeat=repeat, name=what, shuffle=shuffle, store=store, selector=site
         )
     if site is not None:
         raise ValueError(

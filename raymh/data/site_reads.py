@@ -66,22 +66,20 @@ def select_rows(table: pa.Table, *, ids: list[str]) -> pa.Table:
     return table.filter(pc.is_in(table["id"], value_set=pa.array(ids, type=pa.string())))
 
 
-def read_tables(files: Sequence[str], ids: list[str], columns: list[str]) -> list:
-    """One table per file of the rows of `ids`, then their row counts (the task's last result)."""
-    tables = [select_rows(pq.read_table(path, columns=columns), ids=ids) for path in files]
-    return [*tables, [t.num_rows for t in tables]]
+def read_tables(files: Sequence[str], ids: list[str], columns: list[str]) -> list[pa.Table]:
+    """One table per file of the rows of `ids`."""
+    return [select_rows(pq.read_table(path, columns=columns), ids=ids) for path in files]
 
 
-def on_site(fn, selector: Mapping[str, str], *args, domain: str, num_returns: int = 1):
-    """Run fn(*args) as a Ray task on a node `selector` matches; its results' refs (one ref: the value).
+def on_site(fn, selector: Mapping[str, str], *args, domain: str):
+    """fn(*args), run as a Ray task on a node `selector` matches (for metadata only: its result returns here).
     A failure there is an InputError naming the domain and the node's error."""
     import ray
 
     task = ray.remote(fn).options(
-        label_selector=dict(selector), num_returns=num_returns, num_cpus=1, name=f"raymh-{fn.__name__}:{domain}"
+        label_selector=dict(selector), num_cpus=1, name=f"raymh-{fn.__name__}:{domain}"
     )  # the name shows in Ray's state API (`ray list tasks`) with the node that ran it
-    refs = task.remote(*args)
-    return refs if num_returns != 1 else site_get(refs, selector, domain=domain)
+    return site_get(task.remote(*args), selector, domain=domain)
 
 
 def site_get(ref, selector: Mapping[str, str], *, domain: str):

@@ -34,7 +34,7 @@ class SiteStore:
 
         from raymh.data.site_reads import read_tables
 
-        tables = [t for t in read_tables(files, ids, columns)[:-1] if t.num_rows]
+        tables = [t for t in read_tables(files, ids, columns) if t.num_rows]
         if not tables:
             raise ValueError(f"{name}: no rows to put")
         self._sets[name] = RowBlocks(name, [ray.put(t) for t in tables], [t.num_rows for t in tables], repeat=repeat,
